@@ -1,0 +1,33 @@
+"""Start schedulers and workers of a cluster engine, connect to one, and report its state.
+
+The objects ``cluster_setup.dask`` (and, in later releases, ``spark`` and ``ray``) are
+created at import; users call their methods and never instantiate the classes. Connecting
+makes that connection the *active* one, which ``unified_map.parallel`` uses when no backend
+is named. No engine is imported until one of these objects is used.
+"""
+
+from __future__ import annotations
+
+import threading
+
+_active = None
+_active_lock = threading.Lock()
+
+
+def active_connection():
+    """The connection ``parallel`` routes through when no backend is named, or ``None``.
+
+    Examples
+    --------
+    >>> import cluster_setup
+    >>> cluster_setup.active_connection() is None
+    True
+    """
+    return _active
+
+
+def _set_active_connection(connection) -> None:
+    """Make ``connection`` the active one (``None`` clears it). Used by the setups."""
+    global _active
+    with _active_lock:
+        _active = connection

@@ -1,0 +1,35 @@
+"""Packaging for unified_map and cluster_setup; each engine is an optional extra."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "dask": ["dask>=2024.1", "distributed>=2024.1"],
+    "joblib": ["joblib>=1.3"],
+    "spark": ["pyspark>=3.5"],
+    "ray": ["ray>=2.9"],
+    "plot": ["matplotlib>=3.7"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+EXTRAS["test"] = ["pytest>=7.4", "pytest-timeout>=2.2", "psutil>=5.9", "numpy>=1.24", "ruff>=0.5"]
+EXTRAS["docs"] = ["sphinx>=7", "numpydoc>=1.6"]
+
+setup(
+    name="unified_map",
+    version="0.1.0",
+    description="One map() call for plain Python, thread/process pools, joblib, Dask, Spark and Ray.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["unified_map", "unified_map.*", "cluster_setup", "cluster_setup.*"]),
+    install_requires=["cloudpickle>=2.2", "tqdm>=4.60"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["unified-map=unified_map.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Intended Audience :: Science/Research",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

@@ -1,0 +1,53 @@
+"""unified_map: one ``map`` call for every parallel engine.
+
+``parallel(func, iterable, backend=...)`` runs like the builtin ``map`` (same results, same
+order) on plain Python, thread and process pools, joblib, or a Dask cluster. Engines are
+imported only when a backend that needs them is first used.
+
+Examples
+--------
+>>> import unified_map as um
+>>> um.parallel(str.upper, ["a", "b"], backend="threads")
+['A', 'B']
+"""
+
+from __future__ import annotations
+
+import cluster_setup
+from unified_map.backends import available_backends, register_backend
+from unified_map.errors import (
+    BackendNotInstalledError,
+    RemoteTraceback,
+    UnifiedMapError,
+    UnknownBackendError,
+    UnpicklableRemoteError,
+    WorkerLostError,
+)
+from unified_map.mapping import imap, parallel, starmap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "parallel",
+    "imap",
+    "starmap",
+    "benchmark",
+    "available_backends",
+    "register_backend",
+    "cluster_setup",
+    "UnifiedMapError",
+    "UnknownBackendError",
+    "BackendNotInstalledError",
+    "WorkerLostError",
+    "RemoteTraceback",
+    "UnpicklableRemoteError",
+]
+
+
+def __getattr__(name: str):
+    # benchmark pulls in more than a plain map needs; load it on first use.
+    if name == "benchmark":
+        from unified_map.benchmark import benchmark
+
+        return benchmark
+    raise AttributeError(f"module 'unified_map' has no attribute {name!r}")

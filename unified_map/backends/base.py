@@ -1,0 +1,226 @@
+"""The backend contract, documented once, and the code that runs a chunk on any engine.
+
+A backend is a small executor: ``submit(fn, *args)`` runs ``fn(*args)`` on its engine and
+returns a :class:`concurrent.futures.Future`; ``close()`` releases the engine. Chunk sizing,
+zipping, ordering, progress, laziness and error reporting all live in
+:mod:`unified_map.mapping`, so a backend only has to move work and results.
+
+Backends whose tasks leave this process (``in_process = False``) are handed an opaque
+``bytes`` blob made by :func:`pack` and must run :func:`run_packed` on it. Shipping one blob
+rather than ``(func, list)`` means every engine sees a single small object: dask, for one,
+serialises a plain list element by element, about 40x slower than one pickled blob.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pickle
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import cloudpickle
+
+from unified_map.chunking import TARGET_CHUNK_SECONDS
+from unified_map.errors import UnpicklableRemoteError
+
+
+@dataclass
+class ChunkFailure:
+    """What went wrong in a chunk: where, the exception, and the worker's traceback text."""
+
+    index: int
+    exception: BaseException
+    traceback_text: str
+
+
+@dataclass
+class ChunkOutcome:
+    """The result of running ``func`` over one chunk of items.
+
+    ``results`` holds the values computed before ``failure`` (all of them when it is None);
+    ``seconds`` is the compute time measured where the chunk ran, which the auto chunker uses.
+    """
+
+    results: list = field(default_factory=list)
+    failure: ChunkFailure | None = None
+    seconds: float = 0.0
+
+
+def run_chunk(func: Callable, items: Iterable) -> ChunkOutcome:
+    """Apply ``func`` to each item, stopping at the first exception and recording it.
+
+    Examples
+    --------
+    >>> run_chunk(abs, [-1, 2]).results
+    [1, 2]
+    >>> run_chunk(lambda x: 1 / x, [1, 0]).failure.index
+    1
+    """
+    results = []
+    start = time.perf_counter()
+    try:
+        for item in items:
+            results.append(func(item))
+    except Exception as exc:  # noqa: BLE001 - any error of func is reported to the caller
+        failure = ChunkFailure(len(results), exc, traceback.format_exc())
+        return ChunkOutcome(results, failure, time.perf_counter() - start)
+    return ChunkOutcome(results, None, time.perf_counter() - start)
+
+
+def pack(func: Callable, items: list) -> bytes:
+    """Serialise a task with cloudpickle, so lambdas and ``__main__`` functions travel too."""
+    return cloudpickle.dumps((func, items), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_packed(blob: bytes) -> bytes:
+    """Worker side of a packed task: unpack, run the chunk, pack the outcome.
+
+    Examples
+    --------
+    >>> unpack_outcome(run_packed(pack(str, [1, 2]))).results
+    ['1', '2']
+    """
+    func, items = cloudpickle.loads(blob)
+    outcome = run_chunk(func, items)
+    if outcome.failure is not None and not _round_trips(outcome.failure.exception):
+        # e.g. an exception whose __init__ takes other arguments than it passes to super():
+        # it pickles but cannot be rebuilt, so send its type name and text instead.
+        exc = outcome.failure.exception
+        outcome.failure.exception = UnpicklableRemoteError(_qualname(type(exc)), str(exc))
+    try:
+        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - a return value of func that cannot travel back
+        index = _first_unpicklable(outcome.results)
+        failure = ChunkFailure(
+            index,
+            UnpicklableRemoteError(_qualname(type(exc)), f"result could not be pickled: {exc}"),
+            traceback.format_exc(),
+        )
+        outcome = ChunkOutcome(outcome.results[:index], failure, outcome.seconds)
+        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _round_trips(exc: BaseException) -> bool:
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _first_unpicklable(values: list) -> int:
+    for index, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception:  # noqa: BLE001
+            return index
+    return len(values)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def unpack_outcome(blob: bytes) -> ChunkOutcome:
+    """Caller side of a packed task: the :class:`ChunkOutcome` a worker sent back."""
+    return pickle.loads(blob)
+
+
+def default_worker_count() -> int:
+    """Cores this process may use (respects CPU affinity, as set by HPC batch systems)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Backend:
+    """Base class of every backend: a tiny executor that runs chunks of a map on one engine.
+
+    Subclasses set :attr:`name`, implement :meth:`submit` and :meth:`close`, and may override
+    :meth:`abort` (stop running work now) and :meth:`cancel`. Instances are context managers.
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Size of a local pool; ``None`` means one worker per available core. Backends that talk
+        to a cluster report the cluster's size instead.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"threads"``.
+    in_process : bool
+        True when tasks run in this interpreter: they then get ``(func, items)`` objects as is,
+        never pickled, so unpicklable functions and items work.
+
+    Examples
+    --------
+    >>> from unified_map.backends.threads import ThreadsBackend
+    >>> with ThreadsBackend(n_workers=2) as backend:
+    ...     backend.submit(sum, [1, 2, 3]).result()
+    6
+    """
+
+    name: str = ""
+    in_process: bool = False
+    #: How long a chunk should compute once the cost per item is known; engines with a larger
+    #: fixed cost per task raise it.
+    target_chunk_seconds: float = TARGET_CHUNK_SECONDS
+    #: Exceptions a future raises when the engine lost a worker; reported as WorkerLostError.
+    worker_lost_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, n_workers: int | None = None):
+        self.requested_workers = n_workers
+        self.n_workers = n_workers or default_worker_count()
+
+    def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
+        """Schedule ``fn(*args)`` on the engine and return a future for its value."""
+        raise NotImplementedError
+
+    def check_health(self) -> None:
+        """Raise :class:`~unified_map.errors.WorkerLostError` if the engine lost a worker.
+
+        Called while waiting for results, so that engines which silently drop the task of a
+        dead worker make the map fail instead of hang.
+        """
+
+    def cancel(self, futures: Iterable[concurrent.futures.Future]) -> None:
+        """Withdraw tasks that are no longer wanted (after an error or an early stop)."""
+        for future in futures:
+            future.cancel()
+
+    def abort(self) -> None:
+        """Stop running tasks at once (Ctrl-C). By default the same as :meth:`close`."""
+        self.close()
+
+    def close(self) -> None:
+        """Release the engine's resources. Calling it twice is harmless."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many chunks may be submitted and not yet consumed: enough to keep every worker
+        busy while the next result is handed over, few enough to keep ``imap`` lazy."""
+        return 2 * self.n_workers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} n_workers={self.n_workers}>"
+
+
+def completed_future(fn: Callable, *args: Any) -> concurrent.futures.Future:
+    """Run ``fn(*args)`` now and return an already finished future (for in-line backends)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - delivered through the future like any executor
+        future.set_exception(exc)
+    return future

@@ -1,0 +1,40 @@
+"""The ``futures`` backend: a warm :class:`concurrent.futures.ProcessPoolExecutor`."""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from unified_map.backends.base import Backend
+from unified_map.backends.multiprocessing import process_context, terminate_processes
+
+
+class FuturesBackend(Backend):
+    """Run packed chunks on a process pool from the standard library.
+
+    Examples
+    --------
+    >>> from unified_map.backends.base import pack, run_packed, unpack_outcome
+    >>> with FuturesBackend(n_workers=1) as backend:
+    ...     blob = backend.submit(run_packed, pack(abs, [-4])).result()
+    >>> unpack_outcome(blob).results
+    [4]
+    """
+
+    name = "futures"
+    worker_lost_errors = (BrokenProcessPool,)
+
+    def __init__(self, n_workers: int | None = None):
+        super().__init__(n_workers)
+        self._executor = ProcessPoolExecutor(self.n_workers, mp_context=process_context())
+
+    def submit(self, fn, *args):
+        return self._executor.submit(fn, *args)
+
+    def abort(self):
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        terminate_processes(processes)
+
+    def close(self):
+        self._executor.shutdown(wait=True, cancel_futures=True)

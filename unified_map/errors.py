@@ -1,0 +1,61 @@
+"""The exception types users of unified_map catch.
+
+Each one subclasses the builtin that fits, so ``except ValueError`` and friends keep working
+for callers who never heard of unified_map.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UnifiedMapError",
+    "UnknownBackendError",
+    "BackendNotInstalledError",
+    "WorkerLostError",
+    "RemoteTraceback",
+    "UnpicklableRemoteError",
+]
+
+
+class UnifiedMapError(Exception):
+    """Base class of every error raised by unified_map itself (never of errors from ``func``)."""
+
+
+class UnknownBackendError(UnifiedMapError, ValueError):
+    """A backend name that is not registered; the message lists the valid names."""
+
+
+class BackendNotInstalledError(UnifiedMapError, ImportError):
+    """The package behind a backend is missing; the message names the pip extra to install."""
+
+
+class WorkerLostError(UnifiedMapError, RuntimeError):
+    """A worker process died (crash, ``os._exit``, out of memory) while running a task."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process.
+
+    It is attached as ``__cause__`` of the re-raised exception so that Python prints the
+    worker's traceback right above the caller's, as ``multiprocessing`` does.
+    """
+
+    def __init__(self, traceback_text: str):
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.traceback_text.rstrip()
+
+
+class UnpicklableRemoteError(UnifiedMapError, RuntimeError):
+    """Stands in for an exception from ``func`` that could not be sent back from the worker.
+
+    Attributes
+    ----------
+    type_name : str
+        Qualified name of the original exception type.
+    """
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name

@@ -1,0 +1,330 @@
+"""``parallel``, ``imap`` and ``starmap``: validate, chunk, pick the backend, run, keep the
+order, and turn a failure in a worker into the caller's exception.
+
+Everything a backend would otherwise repeat lives here once; backends only run chunks.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import reprlib
+import sys
+from typing import Any, Callable, Iterable, Iterator
+
+from unified_map.backends import DEFAULT_LOCAL_BACKEND, discard_backend, get_backend
+from unified_map.backends.base import Backend, ChunkOutcome, pack, run_chunk, run_packed, unpack_outcome
+from unified_map.chunking import ChunkSizer, iter_chunks
+from unified_map.errors import RemoteTraceback, WorkerLostError
+
+__all__ = ["parallel", "imap", "starmap"]
+
+# While waiting for a chunk, look this often whether the engine lost a worker.
+HEALTH_CHECK_SECONDS = 0.5
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 60
+_short_repr.maxother = 60
+
+
+def parallel(
+    func: Callable,
+    *iterables: Iterable,
+    backend: str | None = None,
+    chunksize: int | None = None,
+    progress: bool = False,
+    n_workers: int | None = None,
+) -> list:
+    """Apply ``func`` to every item, in parallel, and return the results as a list.
+
+    A drop-in for ``list(map(func, *iterables))``: the same results in the same order;
+    several iterables are zipped and stop at the shortest.
+
+    Parameters
+    ----------
+    func : callable
+        Any callable; lambdas, closures and functions defined in ``__main__`` or a notebook
+        work on every backend (process and cluster backends ship them with cloudpickle).
+    *iterables : iterable
+        Lists, ranges, generators: anything ``map`` accepts.
+    backend : str, optional
+        A name from :func:`~unified_map.available_backends`. ``None`` uses the active cluster
+        connection (see :mod:`cluster_setup`) or, with none, a local process pool.
+    chunksize : int, optional
+        Items per task. ``None`` learns it from timings: big chunks for tiny functions, small
+        ones for slow functions.
+    progress : bool, default False
+        Show a tqdm progress bar over items on stderr.
+    n_workers : int, optional
+        Size of a local pool (default: every available core). Pools stay warm between calls
+        and are resized when this changes.
+
+    Returns
+    -------
+    list
+        ``[func(x) for x in ...]`` in input order.
+
+    Raises
+    ------
+    Exception
+        Whatever ``func`` raised, of its own type, with a note naming the failing item and,
+        for work done in another process, the worker's traceback as ``__cause__``.
+
+    Examples
+    --------
+    >>> import unified_map as um
+    >>> um.parallel(lambda x: x * x, range(5), backend="threads")
+    [0, 1, 4, 9, 16]
+    >>> um.parallel(pow, [2, 3], [5, 2], backend="serial")
+    [32, 9]
+    """
+    return list(
+        imap(
+            func,
+            *iterables,
+            backend=backend,
+            chunksize=chunksize,
+            progress=progress,
+            n_workers=n_workers,
+        )
+    )
+
+
+def starmap(
+    func: Callable,
+    iterable: Iterable[Iterable],
+    backend: str | None = None,
+    chunksize: int | None = None,
+    progress: bool = False,
+    n_workers: int | None = None,
+) -> list:
+    """Like :func:`itertools.starmap`: call ``func(*args)`` for each ``args`` tuple.
+
+    Parameters are those of :func:`parallel`.
+
+    Examples
+    --------
+    >>> import unified_map as um
+    >>> um.starmap(divmod, [(7, 2), (9, 4)], backend="serial")
+    [(3, 1), (2, 1)]
+    """
+    return list(
+        _imap(
+            _Star(func) if callable(func) else func,
+            iter(iterable),
+            _length(iterable),
+            backend=backend,
+            chunksize=chunksize,
+            progress=progress,
+            n_workers=n_workers,
+            describe_as_args=True,
+        )
+    )
+
+
+def imap(
+    func: Callable,
+    *iterables: Iterable,
+    backend: str | None = None,
+    chunksize: int | None = None,
+    progress: bool = False,
+    n_workers: int | None = None,
+) -> Iterator:
+    """Lazy :func:`parallel`: yield results in order as they are ready.
+
+    Input is pulled only a few chunks ahead of the consumer, so ``imap`` works over endless
+    generators when the consumer stops early, and memory stays flat on long inputs.
+
+    Examples
+    --------
+    >>> import itertools
+    >>> import unified_map as um
+    >>> squares = um.imap(lambda x: x * x, itertools.count(), backend="threads")
+    >>> list(itertools.islice(squares, 4))
+    [0, 1, 4, 9]
+    """
+    if len(iterables) == 1:
+        items, n_items, fn = iter(iterables[0]), _length(iterables[0]), func
+    else:
+        lengths = [_length(it) for it in iterables]
+        n_items = None if not lengths or None in lengths else min(lengths)
+        items, fn = zip(*iterables), _Star(func) if callable(func) else func
+    return _imap(
+        fn,
+        items,
+        n_items,
+        backend=backend,
+        chunksize=chunksize,
+        progress=progress,
+        n_workers=n_workers,
+        describe_as_args=len(iterables) != 1,
+        needs_iterables=not iterables,
+    )
+
+
+class _Star:
+    """``func(*args)`` as a one-argument callable; a class so that it pickles by value."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable):
+        self.func = func
+
+    def __call__(self, args):
+        return self.func(*args)
+
+
+def _length(iterable) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+def _validate(func, backend, chunksize, n_workers, needs_iterables) -> None:
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r}")
+    if needs_iterables:
+        raise TypeError("parallel() needs at least one iterable, like map()")
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a name (str) or None, got {backend!r}")
+    for name, value in (("chunksize", chunksize), ("n_workers", n_workers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _imap(
+    func, items, n_items, *, backend, chunksize, progress, n_workers,
+    describe_as_args, needs_iterables=False,
+) -> Iterator:
+    # Checked here, before the generator starts, so bad input fails at the call.
+    callee = func.func if isinstance(func, _Star) else func
+    _validate(callee, backend, chunksize, n_workers, needs_iterables)
+    chosen = _choose_backend(backend, n_workers)
+    sizer = ChunkSizer(chunksize, n_items, chosen.n_workers, chosen.target_chunk_seconds)
+    return _OrderedRun(func, items, n_items, chosen, sizer, progress, describe_as_args).results()
+
+
+def _choose_backend(name: str | None, n_workers: int | None) -> Backend:
+    if name is None:
+        import cluster_setup  # imports no engine: the setups load theirs when used
+
+        connection = cluster_setup.active_connection()
+        name = connection.backend_name if connection is not None else DEFAULT_LOCAL_BACKEND
+    return get_backend(name, n_workers)
+
+
+class _Task:
+    __slots__ = ("start", "items", "future", "outcome")
+
+    def __init__(self, start: int, items: list, future: concurrent.futures.Future):
+        self.start, self.items, self.future, self.outcome = start, items, future, None
+
+
+class _OrderedRun:
+    """One map: submit chunks a bounded distance ahead, collect them, yield in order."""
+
+    def __init__(self, func, items, n_items, backend, sizer, progress, describe_as_args):
+        self.func, self.backend, self.sizer = func, backend, sizer
+        self.chunks = iter_chunks(items, sizer)
+        self.n_items, self.progress, self.describe_as_args = n_items, progress, describe_as_args
+        self.pending: collections.deque[_Task] = collections.deque()
+        self.exhausted = False
+
+    def results(self) -> Iterator:
+        bar = self._progress_bar()
+        try:
+            while True:
+                self._submit_more()
+                if not self.pending:
+                    return
+                task = self.pending[0]
+                self._wait_for(task)
+                self.pending.popleft()
+                outcome = task.outcome
+                if outcome.failure is not None:
+                    self._raise_failure(task, outcome)
+                if bar is not None:
+                    bar.update(len(outcome.results))
+                yield from outcome.results
+        except KeyboardInterrupt:
+            # Stop the workers now rather than let them finish work nobody will collect.
+            discard_backend(self.backend, abort=True)
+            raise
+        except WorkerLostError:
+            discard_backend(self.backend, abort=True)
+            raise
+        except self.backend.worker_lost_errors as exc:
+            discard_backend(self.backend, abort=True)
+            raise WorkerLostError(f"backend {self.backend.name!r} lost a worker: {exc}") from exc
+        finally:
+            self.backend.cancel([task.future for task in self.pending])
+            self.pending.clear()
+            if bar is not None:
+                bar.close()
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm  # imported on demand: most maps show no bar
+
+        return tqdm(total=self.n_items, unit="item", file=sys.stderr, desc=self.backend.name)
+
+    def _submit_more(self) -> None:
+        # Keep up to max_in_flight chunks running, and never more than twice that waiting to
+        # be consumed: that bound is what keeps imap lazy and its memory flat.
+        limit = self.backend.max_in_flight
+        while not self.exhausted and len(self.pending) < 2 * limit:
+            if sum(not task.future.done() for task in self.pending) >= limit:
+                return
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+                return
+            start, items = chunk
+            self.pending.append(_Task(start, items, self._submit(items)))
+
+    def _submit(self, items: list) -> concurrent.futures.Future:
+        if self.backend.in_process:
+            return self.backend.submit(run_chunk, self.func, items)
+        blob = pack(self.func, items)
+        self.sizer.observe_bytes(len(items), len(blob))
+        return self.backend.submit(run_packed, blob)
+
+    def _wait_for(self, task: _Task) -> None:
+        while task.outcome is None:
+            running = [t.future for t in self.pending if t.outcome is None]
+            done, _ = concurrent.futures.wait(
+                running, timeout=HEALTH_CHECK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            if not done:
+                self.backend.check_health()
+            for other in self.pending:
+                if other.outcome is None and other.future.done():
+                    other.outcome = self._outcome(other.future.result())
+                    self.sizer.observe(len(other.outcome.results) or 1, other.outcome.seconds)
+            self._submit_more()
+
+    def _outcome(self, value: Any) -> ChunkOutcome:
+        return value if self.backend.in_process else unpack_outcome(value)
+
+    def _raise_failure(self, task: _Task, outcome: ChunkOutcome):
+        failure = outcome.failure
+        exc = failure.exception
+        item = task.items[failure.index]
+        what = "args" if self.describe_as_args else "item"
+        _add_note(
+            exc,
+            f"unified_map: func failed on item {task.start + failure.index}, "
+            f"{what} {_short_repr.repr(item)} (backend {self.backend.name!r})",
+        )
+        if exc.__traceback__ is None:  # it came from another process: show the worker's side
+            raise exc from RemoteTraceback(failure.traceback_text)
+        raise exc
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10: the attribute is kept, though not printed
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
