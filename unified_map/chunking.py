@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 #: Aim for chunks that compute this long: long enough to hide a round-trip to a worker
 #: (0.1-2 ms locally, a few ms on a cluster), short enough to balance load and stream results.

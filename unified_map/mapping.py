@@ -10,10 +10,18 @@ import collections
 import concurrent.futures
 import reprlib
 import sys
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from unified_map.backends import DEFAULT_LOCAL_BACKEND, discard_backend, get_backend
-from unified_map.backends.base import Backend, ChunkOutcome, pack, run_chunk, run_packed, unpack_outcome
+from unified_map.backends.base import (
+    Backend,
+    ChunkOutcome,
+    pack,
+    run_chunk,
+    run_packed,
+    unpack_outcome,
+)
 from unified_map.chunking import ChunkSizer, iter_chunks
 from unified_map.errors import RemoteTraceback, WorkerLostError
 
@@ -148,7 +156,8 @@ def imap(
     else:
         lengths = [_length(it) for it in iterables]
         n_items = None if not lengths or None in lengths else min(lengths)
-        items, fn = zip(*iterables), _Star(func) if callable(func) else func
+        # zip stops at the shortest iterable, exactly like map()
+        items, fn = zip(*iterables, strict=False), _Star(func) if callable(func) else func
     return _imap(
         fn,
         items,
@@ -189,13 +198,23 @@ def _validate(func, backend, chunksize, n_workers, needs_iterables) -> None:
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a name (str) or None, got {backend!r}")
     for name, value in (("chunksize", chunksize), ("n_workers", n_workers)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
 
 def _imap(
-    func, items, n_items, *, backend, chunksize, progress, n_workers,
-    describe_as_args, needs_iterables=False,
+    func,
+    items,
+    n_items,
+    *,
+    backend,
+    chunksize,
+    progress,
+    n_workers,
+    describe_as_args,
+    needs_iterables=False,
 ) -> Iterator:
     # Checked here, before the generator starts, so bad input fails at the call.
     callee = func.func if isinstance(func, _Star) else func
@@ -295,7 +314,9 @@ class _OrderedRun:
         while task.outcome is None:
             running = [t.future for t in self.pending if t.outcome is None]
             done, _ = concurrent.futures.wait(
-                running, timeout=HEALTH_CHECK_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+                running,
+                timeout=HEALTH_CHECK_SECONDS,
+                return_when=concurrent.futures.FIRST_COMPLETED,
             )
             if not done:
                 self.backend.check_health()

@@ -18,8 +18,9 @@ import os
 import pickle
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import cloudpickle
 
