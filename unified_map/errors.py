@@ -46,6 +46,9 @@ class RemoteTraceback(Exception):
     def __str__(self) -> str:
         return "\n\n" + self.traceback_text.rstrip()
 
+    def __reduce__(self):
+        return type(self), (self.traceback_text,)
+
 
 class UnpicklableRemoteError(UnifiedMapError, RuntimeError):
     """Stands in for an exception from ``func`` that could not be sent back from the worker.
@@ -59,3 +62,8 @@ class UnpicklableRemoteError(UnifiedMapError, RuntimeError):
     def __init__(self, type_name: str, message: str):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        # It exists to cross process boundaries, so it must rebuild from its own arguments.
+        return type(self), (self.type_name, self.message)

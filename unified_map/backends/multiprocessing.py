@@ -35,7 +35,33 @@ def terminate_processes(processes, grace_seconds: float = 2.0) -> None:
             process.join()
 
 
-class MultiprocessingBackend(Backend):
+class PoolBackend(Backend):
+    """Adapts a :class:`multiprocessing.pool.Pool` (or ``ThreadPool``) to the backend
+    contract: ``apply_async`` callbacks complete a :class:`concurrent.futures.Future`."""
+
+    def __init__(self, n_workers: int | None = None):
+        super().__init__(n_workers)
+        self._pool = self._make_pool()
+
+    def _make_pool(self):
+        raise NotImplementedError
+
+    def submit(self, fn, *args):
+        self.check_health()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        # Pool tasks cannot be withdrawn once queued: say so, so cancel() reports False.
+        future.set_running_or_notify_cancel()
+        self._pool.apply_async(
+            fn, args, callback=future.set_result, error_callback=future.set_exception
+        )
+        return future
+
+    def close(self):
+        self._pool.terminate()
+        self._pool.join()
+
+
+class MultiprocessingBackend(PoolBackend):
     """Run packed chunks on a :class:`multiprocessing.pool.Pool`.
 
     A plain ``Pool`` never notices that a worker died: the task is lost and its result never
@@ -53,20 +79,11 @@ class MultiprocessingBackend(Backend):
 
     name = "multiprocessing"
 
-    def __init__(self, n_workers: int | None = None):
-        super().__init__(n_workers)
-        self._pool = process_context().Pool(self.n_workers)
+    def _make_pool(self):
+        pool = process_context().Pool(self.n_workers)
         # The pool's own list of Process objects: the only way to see a worker die.
-        self._workers = list(self._pool._pool)
-
-    def submit(self, fn, *args):
-        self.check_health()
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
-        self._pool.apply_async(
-            fn, args, callback=future.set_result, error_callback=future.set_exception
-        )
-        return future
+        self._workers = list(pool._pool)
+        return pool
 
     def check_health(self) -> None:
         """Raise :class:`WorkerLostError` if a worker process exited under a task."""
@@ -74,11 +91,3 @@ class MultiprocessingBackend(Backend):
         if dead:
             codes = ", ".join(f"pid {w.pid} exit code {w.exitcode}" for w in dead)
             raise WorkerLostError(f"a multiprocessing worker died ({codes})")
-
-    def abort(self):
-        self._pool.terminate()
-        self._pool.join()
-
-    def close(self):
-        self._pool.terminate()
-        self._pool.join()

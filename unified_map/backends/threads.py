@@ -1,4 +1,4 @@
-"""The ``threads`` backend: a warm :class:`concurrent.futures.ThreadPoolExecutor`.
+"""The ``threads`` backend: a warm pool of threads in this process.
 
 Threads share memory, so nothing is pickled; they only run in parallel where ``func``
 releases the GIL (I/O, numpy, most compiled code).
@@ -6,13 +6,17 @@ releases the GIL (I/O, numpy, most compiled code).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.pool import ThreadPool
 
-from unified_map.backends.base import Backend
+from unified_map.backends.multiprocessing import PoolBackend
 
 
-class ThreadsBackend(Backend):
-    """Run chunks on a pool of threads in this process.
+class ThreadsBackend(PoolBackend):
+    """Run chunks on a :class:`multiprocessing.pool.ThreadPool`.
+
+    ``ThreadPool`` rather than ``ThreadPoolExecutor``: its threads are daemons, so after
+    Ctrl-C the interpreter can exit without waiting for a ``func`` that is still running
+    (a thread cannot be stopped from outside).
 
     Examples
     --------
@@ -24,16 +28,9 @@ class ThreadsBackend(Backend):
     name = "threads"
     in_process = True
 
-    def __init__(self, n_workers: int | None = None):
-        super().__init__(n_workers)
-        self._executor = ThreadPoolExecutor(self.n_workers, thread_name_prefix="unified_map")
-
-    def submit(self, fn, *args):
-        return self._executor.submit(fn, *args)
+    def _make_pool(self):
+        return ThreadPool(self.n_workers)
 
     def abort(self):
-        # A running thread cannot be stopped from outside; drop everything queued behind it.
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def close(self):
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Drop queued chunks; don't join the threads, which may be deep in a long func.
+        self._pool.terminate()

@@ -1,0 +1,84 @@
+"""Chunk sizing: fixed sizes are respected, automatic sizes follow the measured cost."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import unified_map as um
+from unified_map.chunking import MAX_UNSIZED_CHUNK, ChunkSizer, iter_chunks
+
+
+def test_fixed_size_never_changes():
+    sizer = ChunkSizer(3, n_items=100, n_workers=2)
+    sizer.observe(3, 100.0)
+    assert sizer.next_size() == 3
+
+
+def test_automatic_size_probes_with_one_item_first():
+    assert ChunkSizer(None, n_items=10**6, n_workers=2).next_size() == 1
+
+
+def test_tiny_items_grow_to_the_load_balance_cap():
+    sizer = ChunkSizer(None, n_items=80_000, n_workers=2)
+    sizer.observe(10, 1e-6)
+    assert sizer.next_size() == 80_000 // (4 * 2)
+
+
+def test_slow_items_stay_small_for_load_balance():
+    sizer = ChunkSizer(None, n_items=40, n_workers=2, target_seconds=0.1)
+    sizer.observe(2, 0.1)  # 50 ms per item
+    assert sizer.next_size() == 2
+
+
+def test_unsized_input_is_capped_to_keep_memory_flat():
+    sizer = ChunkSizer(None, n_items=None, n_workers=2)
+    sizer.observe(100, 1e-9)
+    assert sizer.next_size() == MAX_UNSIZED_CHUNK
+
+
+def test_big_payloads_shrink_chunks():
+    sizer = ChunkSizer(None, n_items=None, n_workers=2)
+    sizer.observe(1, 1e-6)
+    sizer.observe_bytes(1, 16 * 2**20)  # 16 MiB per item: two items fill a chunk
+    assert sizer.next_size() == 2
+
+
+def test_iter_chunks_is_lazy_and_numbers_items():
+    source = itertools.count()
+    chunks = iter_chunks(source, ChunkSizer(4, None, 1))
+    assert next(chunks) == (0, [0, 1, 2, 3])
+    assert next(chunks) == (4, [4, 5, 6, 7])
+    assert next(source) == 8  # nothing was read beyond the chunks handed out
+
+
+def test_imap_reads_a_bounded_distance_ahead_of_the_consumer():
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled = i + 1
+            yield i
+
+    results = um.imap(lambda x: x + 1, source(), backend="threads", n_workers=2)
+    worst_lead = 0
+    for consumed, value in enumerate(itertools.islice(results, 200_000), start=1):
+        assert value == consumed
+        worst_lead = max(worst_lead, pulled - consumed)
+    results.close()
+    # At most 2 * max_in_flight chunks of MAX_UNSIZED_CHUNK items are ever held.
+    assert worst_lead <= 2 * 4 * MAX_UNSIZED_CHUNK
+
+
+def test_slow_function_spreads_over_workers():
+    # 8 items of 50 ms on 2 workers: automatic chunks must not put all of them on one worker.
+    import threading
+
+    names = um.parallel(
+        lambda _: (time.sleep(0.05), threading.current_thread().name)[1],
+        range(8),
+        backend="threads",
+        n_workers=2,
+    )
+    assert len(set(names)) == 2

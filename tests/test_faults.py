@@ -1,0 +1,178 @@
+"""What happens when things go wrong in workers: crashes, Ctrl-C, things that will not pickle.
+
+Process backends only: these faults cannot happen to in-process backends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import unified_map as um
+from tests.helpers import run_python
+from unified_map.errors import UnpicklableRemoteError, WorkerLostError
+
+PROCESS_BACKENDS = ["multiprocessing", "futures", "joblib"]
+
+
+def exit_on_3(x):
+    if x == 3:
+        os._exit(7)  # a hard crash: no exception, the worker process is simply gone
+    return x
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_crashed_worker_fails_the_map_instead_of_hanging(name):
+    with pytest.raises(WorkerLostError):
+        um.parallel(exit_on_3, range(8), backend=name, chunksize=1)
+    # The broken pool was replaced: the next call works.
+    assert um.parallel(abs, [-1, -2], backend=name) == [1, 2]
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")  # pickles, but cannot be rebuilt from args
+        self.code = code
+
+
+def raise_needs_two_args(x):
+    raise NeedsTwoArgs(x, "bad")
+
+
+def return_a_lock(x):
+    import threading
+
+    return threading.Lock()
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_exception_that_cannot_be_rebuilt_keeps_its_name_and_text(name):
+    with pytest.raises(UnpicklableRemoteError, match=r"NeedsTwoArgs: 5: bad") as caught:
+        um.parallel(raise_needs_two_args, [5], backend=name)
+    assert caught.value.type_name.endswith("NeedsTwoArgs")
+    assert "raise_needs_two_args" in caught.value.__cause__.traceback_text
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_result_that_cannot_be_pickled_names_the_item(name):
+    with pytest.raises(UnpicklableRemoteError, match="result could not be pickled") as caught:
+        um.parallel(return_a_lock, range(3), backend=name, chunksize=3)
+    assert "item 0" in "\n".join(caught.value.__notes__)
+
+
+@pytest.mark.parametrize("name", ["serial", "threads"])
+def test_in_process_backends_need_no_pickling(name):
+    import threading
+
+    locks = um.parallel(lambda _: threading.Lock(), range(3), backend=name)
+    assert all(hasattr(lock, "acquire") for lock in locks)
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_function_defined_in_main_script_without_guard(tmp_path, name):
+    script = tmp_path / "research.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import unified_map as um
+
+            def shift(x, by=100):
+                return x + by
+
+            print(um.parallel(shift, range(5), backend={name!r}))
+            print(um.parallel(lambda x: x * 3, range(3), backend={name!r}))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[100, 101, 102, 103, 104]", "[0, 3, 6]"]
+
+
+def _wait_for_lines(path, count, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().split()) >= count:
+            return [int(pid) for pid in path.read_text().split()]
+        time.sleep(0.05)
+    raise AssertionError(f"workers did not start within {timeout}s")
+
+
+def _gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS + ["threads"])
+def test_ctrl_c_stops_the_map_and_its_workers(tmp_path, name):
+    pids_file = tmp_path / "pids"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import os, time
+                import unified_map as um
+
+                def slow(x):
+                    with open({str(pids_file)!r}, "a") as f:
+                        f.write(f"{{os.getpid()}}\\n")
+                    time.sleep(60)
+
+                try:
+                    um.parallel(slow, range(20), backend={name!r}, n_workers=2, chunksize=1)
+                except KeyboardInterrupt:
+                    print("interrupted", flush=True)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pids = _wait_for_lines(pids_file, 2)
+        child.send_signal(signal.SIGINT)  # what Ctrl-C sends to the main process
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "interrupted" in out, err
+    if name == "threads":
+        return  # threads die with their process, which has exited
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftovers = [pid for pid in pids if not _gone(pid)]
+    for pid in leftovers:  # never leave them behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert leftovers == []
+
+
+def test_interpreter_exit_shuts_pools_down():
+    result = run_python(
+        """
+        import unified_map as um, psutil
+        um.parallel(abs, range(10), backend="multiprocessing", n_workers=2)
+        um.parallel(abs, range(10), backend="futures", n_workers=2)
+        print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) >= 4
+    time.sleep(0.5)
+    assert [pid for pid in pids if not _gone(pid)] == []

@@ -1,0 +1,91 @@
+"""The backend registry: names, install hints, warm reuse and resizing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import unified_map as um
+from tests.helpers import run_python
+from unified_map.backends import backend_class, get_backend
+from unified_map.errors import BackendNotInstalledError, UnknownBackendError
+
+
+def test_unknown_backend_lists_every_valid_name():
+    with pytest.raises(UnknownBackendError) as caught:
+        um.parallel(abs, [1], backend="sparkk")
+    message = str(caught.value)
+    assert "'sparkk'" in message
+    for name in um.available_backends():
+        assert repr(name) in message
+    assert isinstance(caught.value, ValueError)
+
+
+def test_available_backends_reports_installed_engines():
+    backends = um.available_backends()
+    assert list(backends) == sorted(backends)
+    assert {"serial", "threads", "multiprocessing", "futures", "joblib", "dask"} <= set(backends)
+    assert all(backends[name] for name in ("serial", "threads", "multiprocessing", "futures"))
+
+
+def test_missing_engine_names_the_pip_extra():
+    # Hide joblib from a fresh interpreter: the registry must say how to get it.
+    result = run_python(
+        """
+        import sys
+        sys.modules["joblib"] = None
+        import unified_map as um
+        try:
+            um.parallel(abs, [1], backend="joblib")
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "BackendNotInstalledError" in result.stdout
+    assert "pip install unified_map[joblib]" in result.stdout
+
+
+def test_registered_backend_with_missing_package_names_its_extra():
+    um.register_backend(
+        "imaginary",
+        "imaginary_engine_pkg.backend:Imaginary",
+        requires="imaginary_engine_pkg",
+        extra="imaginary",
+    )
+    assert um.available_backends()["imaginary"] is False
+    with pytest.raises(BackendNotInstalledError, match=r"pip install unified_map\[imaginary\]"):
+        backend_class("imaginary")
+
+
+def test_register_backend_makes_a_third_party_backend_usable():
+    um.register_backend("my-serial", "unified_map.backends.serial:SerialBackend")
+    assert um.parallel(str, [1, 2], backend="my-serial") == ["1", "2"]
+
+
+def test_register_backend_rejects_a_target_without_a_class():
+    with pytest.raises(ValueError, match="package.module:Class"):
+        um.register_backend("broken", "unified_map.backends.serial")
+
+
+def test_local_pool_stays_warm_between_calls():
+    first = set(
+        um.parallel(lambda _: os.getpid(), range(200), backend="multiprocessing", chunksize=1)
+    )
+    again = set(
+        um.parallel(lambda _: os.getpid(), range(200), backend="multiprocessing", chunksize=1)
+    )
+    assert os.getpid() not in first
+    assert again <= first  # no new process: the same warm workers served both calls
+    assert get_backend("multiprocessing") is get_backend("multiprocessing")
+
+
+@pytest.mark.parametrize("name", ["multiprocessing", "futures", "joblib", "threads"])
+def test_pool_is_resized_when_n_workers_changes(name):
+    one = get_backend(name, 1)
+    assert one.n_workers == 1
+    assert um.parallel(lambda x: x + 1, range(10), backend=name, n_workers=1) == list(range(1, 11))
+    two = get_backend(name, 2)
+    assert two is not one and two.n_workers == 2
+    assert um.parallel(lambda x: x + 1, range(10), backend=name, n_workers=2) == list(range(1, 11))
