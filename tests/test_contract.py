@@ -105,7 +105,7 @@ def test_exception_keeps_type_and_names_the_item(backend):
     with pytest.raises(ValueError, match="unlucky 13") as caught:
         um.parallel(fail_on_13, range(40), backend=backend, chunksize=4)
     notes = "\n".join(getattr(caught.value, "__notes__", []))
-    assert "item 13" in notes and f"backend {backend!r}" in notes
+    assert "item 13 of the input: 13" in notes and f"backend {backend!r}" in notes
     # The worker's side of the story is there: as the live traceback or the remote text.
     cause = caught.value.__cause__
     if backend not in ("serial", "threads"):
@@ -119,7 +119,7 @@ def test_exception_keeps_type_and_names_the_item(backend):
 def test_exception_note_shows_the_arguments_of_a_multi_argument_call(backend):
     with pytest.raises(ZeroDivisionError) as caught:
         um.parallel(operator.truediv, [1, 2, 3], [1, 0, 1], backend=backend)
-    assert "item 1, args (2, 0)" in "\n".join(caught.value.__notes__)
+    assert "item 1 of the input: args (2, 0)" in "\n".join(caught.value.__notes__)
 
 
 def test_backend_stays_usable_after_an_error(backend):

@@ -333,11 +333,11 @@ class _OrderedRun:
         failure = outcome.failure
         exc = failure.exception
         item = task.items[failure.index]
-        what = "args" if self.describe_as_args else "item"
+        what = "args " if self.describe_as_args else ""
         _add_note(
             exc,
-            f"unified_map: func failed on item {task.start + failure.index}, "
-            f"{what} {_short_repr.repr(item)} (backend {self.backend.name!r})",
+            f"unified_map: func failed on item {task.start + failure.index} of the input: "
+            f"{what}{_short_repr.repr(item)} (backend {self.backend.name!r})",
         )
         if exc.__traceback__ is None:  # it came from another process: show the worker's side
             raise exc from RemoteTraceback(failure.traceback_text)
