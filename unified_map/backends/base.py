@@ -60,11 +60,12 @@ def run_chunk(func: Callable, items: Iterable) -> ChunkOutcome:
     >>> run_chunk(lambda x: 1 / x, [1, 0]).failure.index
     1
     """
-    results = []
+    results: list = []
     start = time.perf_counter()
     try:
-        for item in items:
-            results.append(func(item))
+        # extend(map(...)) is the fastest loop CPython has, and keeps the results computed
+        # before an exception, so len(results) is the index of the failing item.
+        results.extend(map(func, items))
     except Exception as exc:  # noqa: BLE001 - any error of func is reported to the caller
         failure = ChunkFailure(len(results), exc, traceback.format_exc())
         return ChunkOutcome(results, failure, time.perf_counter() - start)
