@@ -1,0 +1,122 @@
+"""The ``unified-map`` command: argument parsing, and a small real ``bench`` run.
+
+Tiny sizes and no timing assertions; the full default suite is too slow for the test run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unified_map import cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parse(*argv):
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_bench_options_are_parsed():
+    args = parse(
+        "bench",
+        "--backends",
+        "serial, threads,dask",
+        "--workloads",
+        "tiny",
+        "--items",
+        "7",
+        "--repeat",
+        "2",
+        "--json",
+        "rows.json",
+        "--plot",
+        "bench.png",
+    )
+    assert args.command == "bench"
+    assert args.backends == ["serial", "threads", "dask"]
+    assert args.workloads == ["tiny"]
+    assert (args.items, args.repeat, args.json, args.plot) == (7, 2, "rows.json", "bench.png")
+
+
+def test_bench_defaults():
+    args = parse("bench")
+    assert args.backends is None and args.workloads is None and args.items is None
+    assert (args.repeat, args.json, args.plot) == (3, None, None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--items", "0"],
+        ["bench", "--items", "many"],
+        ["bench", "--repeat", "-1"],
+        ["bench", "--backends", ","],
+        ["bench", "--colour"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        parse(*argv)
+    assert excinfo.value.code == 2
+    assert "usage: unified-map" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--backends", "serial,nope"], "unknown backend(s) nope; valid:"),
+        (["bench", "--workloads", "tiny,huge"], "unknown workload(s) huge; valid:"),
+    ],
+)
+def test_unknown_names_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(argv)
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_arguments_runs_the_default_bench(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "run_bench", lambda args, parser=None: seen.append(args) or 0)
+    assert cli.main([]) == 0
+    assert seen[0].command == "bench" and seen[0].backends is None and seen[0].repeat == 3
+
+
+def test_bench_in_process_writes_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rows_path, plot_path = tmp_path / "rows.json", tmp_path / "bench.png"
+    argv = ["bench", "--backends", "serial,threads", "--workloads", "tiny,uneven"]
+    argv += ["--items", "5", "--repeat", "1", "--json", str(rows_path), "--plot", str(plot_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tiny: 5 items, 1 run after 1 warm-up" in out
+    assert "uneven: 5 items" in out
+    rows = json.loads(rows_path.read_text())
+    assert {(row["workload"], row["backend"]) for row in rows} == {
+        ("tiny", "serial"),
+        ("tiny", "threads"),
+        ("uneven", "serial"),
+        ("uneven", "threads"),
+    }
+    assert all(row["error"] is None and row["n_items"] == 5 for row in rows)
+    assert plot_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_python_m_unified_map_bench_runs(tmp_path):
+    """A real command-line run over every workload, one failing backend included."""
+    rows_path = tmp_path / "rows.json"
+    argv = [sys.executable, "-m", "unified_map", "bench", "--backends", "serial,multiprocessing"]
+    argv += ["--items", "3", "--repeat", "1", "--json", str(rows_path)]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    for workload in ["tiny", "cpu-bound", "payload", "uneven"]:
+        assert f"{workload}: 3 items" in completed.stdout
+    assert "Whole suite:" in completed.stdout
+    assert "bench" in completed.stderr  # the progress bar goes to stderr
+    rows = json.loads(rows_path.read_text())
+    assert len(rows) == 8 and all(row["error"] is None for row in rows)

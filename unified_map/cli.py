@@ -1,0 +1,183 @@
+"""The ``unified-map`` command: ``unified-map bench`` runs the built-in benchmark suite on every
+installed backend and prints one table per workload.
+
+``python -m unified_map`` with no arguments runs ``bench`` with its defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from unified_map.backends import available_backends
+
+__all__ = ["main", "build_parser", "run_bench"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names, e.g. serial,threads")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``unified-map``.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["bench", "--backends", "serial,threads"])
+    >>> args.command, args.backends, args.repeat
+    ('bench', ['serial', 'threads'], 3)
+    """
+    from unified_map.benchmark import builtin_suite
+
+    suite = builtin_suite()
+    parser = argparse.ArgumentParser(
+        prog="unified-map",
+        description="Map a function over any parallel engine; compare the engines here.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark every installed backend on a built-in suite",
+        description="Run a built-in suite of workloads on every installed backend (local "
+        "engines) and print one table per workload, fastest backend first. Workloads: "
+        + "; ".join(f"{w.name} ({w.purpose}, {w.default_items} items)" for w in suite)
+        + ".",
+    )
+    bench.add_argument(
+        "--backends",
+        type=_names,
+        metavar="A,B",
+        help="comma-separated backend names (default: every installed backend)",
+    )
+    bench.add_argument(
+        "--workloads",
+        type=_names,
+        metavar="A,B",
+        help="comma-separated workloads to run (default: all of "
+        + ",".join(w.name for w in suite)
+        + ")",
+    )
+    bench.add_argument(
+        "--items",
+        type=_positive_int,
+        metavar="N",
+        help="items per workload (default: each workload's own, listed above)",
+    )
+    bench.add_argument(
+        "--repeat", type=_positive_int, default=3, metavar="N", help="timed runs (default 3)"
+    )
+    bench.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
+    bench.add_argument("--plot", metavar="FILE", help="also save a bar chart to FILE (.png)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``unified-map`` and ``python -m unified_map``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:  # bare `python -m unified_map`: the project's main job
+        args = parser.parse_args(["bench"])
+    return run_bench(args, parser)
+
+
+def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run the suite as ``args`` (from :func:`build_parser`) asks and print the tables."""
+    from tqdm.auto import tqdm
+
+    from unified_map.benchmark import _check_counts, _Run, builtin_suite
+
+    def fail(message: str) -> int:
+        if parser is not None:
+            parser.error(message)  # exits with status 2
+        print(f"unified-map bench: error: {message}", file=sys.stderr)
+        return 2
+
+    known = available_backends()
+    names = args.backends or [name for name, installed in known.items() if installed]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        return fail(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    suite = builtin_suite()
+    if args.workloads:
+        by_name = {w.name: w for w in suite}
+        missing = [name for name in args.workloads if name not in by_name]
+        if missing:
+            return fail(f"unknown workload(s) {', '.join(missing)}; valid: {', '.join(by_name)}")
+        suite = [by_name[name] for name in args.workloads]
+    warmup = 1
+    _check_counts(args.repeat, warmup)
+
+    not_installed = [name for name, installed in known.items() if not installed]
+    print(
+        f"unified-map bench: {len(suite)} workloads x {len(names)} backends "
+        f"({', '.join(names)}); each backend started afresh, then {warmup} warm-up and "
+        f"{args.repeat} timed maps with its pool warm; results checked against builtin map."
+    )
+    if not_installed:
+        print(f"Not installed, skipped: {', '.join(not_installed)}")
+    started = time.perf_counter()
+    results = []
+    with tqdm(
+        total=len(suite) * len(names) * (warmup + args.repeat),
+        unit="map",
+        file=sys.stderr,
+        desc="bench",
+    ) as bar:
+        for workload in suite:
+            n_items = args.items or workload.default_items
+            bar.set_postfix_str(f"{workload.name}: preparing")
+            run = _Run(
+                workload.func,
+                [workload.make_items(n_items)],
+                args.repeat,
+                warmup,
+                None,
+                name=workload.name,
+            )
+            rows = []
+            for name in names:
+                bar.set_postfix_str(f"{workload.name}: {name}")
+                before = bar.n
+                rows.append(run.measure(name, on_run=lambda: bar.update(1)))
+                bar.update(warmup + args.repeat - (bar.n - before))  # failed backends too
+            results.append(run.result(rows))
+            del run  # free the workload's input and reference results (payloads are large)
+    elapsed = time.perf_counter() - started
+
+    for result, workload in zip(results, suite, strict=True):
+        print()
+        print(f"[{workload.purpose}]")
+        print(result)
+    print()
+    print(f"Whole suite: {elapsed:.1f} s")
+    if args.json:
+        rows = [row for result in results for row in result.to_dicts()]
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(rows, file, indent=2)
+        print(f"Rows written to {args.json}")
+    if args.plot:
+        from unified_map.benchmark import plot_results
+
+        plot_results(results, args.plot)
+        print(f"Plot saved to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
