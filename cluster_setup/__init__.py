@@ -4,6 +4,12 @@ The objects ``cluster_setup.dask`` (and, in later releases, ``spark`` and ``ray`
 created at import; users call their methods and never instantiate the classes. Connecting
 makes that connection the *active* one, which ``unified_map.parallel`` uses when no backend
 is named. No engine is imported until one of these objects is used.
+
+Examples
+--------
+>>> import cluster_setup
+>>> cluster_setup.dask.engine
+'dask'
 """
 
 from __future__ import annotations
@@ -31,3 +37,34 @@ def _set_active_connection(connection) -> None:
     global _active
     with _active_lock:
         _active = connection
+
+
+# Imported after the active-connection functions, which base.py uses. The engine modules
+# carry a leading underscore so that importing one never replaces the object of that name.
+from cluster_setup._dask import DaskSetup  # noqa: E402
+from cluster_setup.base import ClusterStatus  # noqa: E402
+from cluster_setup.errors import (  # noqa: E402
+    ClusterSetupError,
+    ClusterStartError,
+    ClusterStartTimeoutError,
+    EngineNotInstalledError,
+    InvalidAddressError,
+    PortInUseError,
+    SchedulerUnreachableError,
+)
+
+#: Dask: ``start_scheduler``, ``start_worker``, ``connect_to_scheduler``, ``report_status``.
+dask = DaskSetup()
+
+__all__ = [
+    "dask",
+    "active_connection",
+    "ClusterStatus",
+    "ClusterSetupError",
+    "ClusterStartError",
+    "ClusterStartTimeoutError",
+    "EngineNotInstalledError",
+    "InvalidAddressError",
+    "PortInUseError",
+    "SchedulerUnreachableError",
+]

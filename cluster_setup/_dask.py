@@ -1,0 +1,453 @@
+"""``cluster_setup.dask``: start a Dask scheduler and workers, connect to one, report on it.
+
+Thin wrappers over dask's own command line (``python -m distributed.cli.dask_scheduler`` and
+``...dask_worker``, what ``dask scheduler`` and ``dask worker`` run) and over
+:class:`distributed.Client`. Each scheduler or worker is a real process of its own, started
+with this interpreter, so it does not share this process's event loop, survives a busy or
+crashed caller until stopped, and is shut down with the engine's own SIGTERM handling.
+``distributed`` is imported only when a method is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from typing import Any
+
+from cluster_setup.base import (
+    ClusterConnection,
+    ClusterSetup,
+    ClusterStatus,
+    WorkerInfo,
+    check_port_free,
+    local_address_towards,
+    parse_address,
+)
+from cluster_setup.errors import (
+    EngineNotInstalledError,
+    InvalidAddressError,
+    SchedulerUnreachableError,
+)
+
+__all__ = ["DaskSetup", "DaskConnection", "DEFAULT_ADDRESS"]
+
+#: Dask's usual scheduler port, on this machine only.
+DEFAULT_ADDRESS = "127.0.0.1:8786"
+
+_quieted = False
+
+
+def import_distributed():
+    """Import ``distributed``, or raise the install hint; quiet its INFO chatter once.
+
+    distributed configures its logger to print INFO lines (and warnings when a client closes)
+    on stderr. Unless the user changed that level in dask's config, only errors are shown.
+    """
+    global _quieted
+    try:
+        import distributed
+    except ImportError as exc:
+        raise EngineNotInstalledError(
+            "cluster_setup.dask needs the package 'distributed', which is not installed: "
+            "pip install unified_map[dask]"
+        ) from exc
+    if not _quieted:
+        _quieted = True
+        import dask.config
+
+        if str(dask.config.get("logging.distributed", "info")).lower() == "info":
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+    return distributed
+
+
+class DaskConnection(ClusterConnection):
+    """A :class:`distributed.Client` connected to a scheduler, as ``parallel`` uses it.
+
+    Made by :meth:`DaskSetup.connect_to_scheduler`; a context manager that disconnects at
+    exit.
+
+    Attributes
+    ----------
+    client : distributed.Client
+        The client, for anything dask-specific (``connection.client.submit``, ``dask.bag``
+        with ``scheduler=connection.client``...). It is not made dask's default client.
+    """
+
+    backend_name = "dask"
+
+    def __init__(self, setup: ClusterSetup, address: str, client: Any):
+        super().__init__(setup, address)
+        self.client = client
+        self._threads = (0.0, 0)
+
+    def total_threads(self, max_age: float = 1.0) -> int:
+        """The number of worker threads in the cluster, asked of the scheduler at most once
+        per ``max_age`` seconds (a map reads it often)."""
+        checked_at, threads = self._threads
+        if time.monotonic() - checked_at > max_age:
+            threads = sum(self.client.nthreads().values())
+            self._threads = (time.monotonic(), threads)
+        return threads
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+class DaskSetup(ClusterSetup):
+    """Start a Dask scheduler and workers, connect to a scheduler, report on it.
+
+    The instance is ``cluster_setup.dask``; users never create one. A scheduler address is
+    ``"host:port"`` or ``"tcp://host:port"``; the host defaults to 127.0.0.1 everywhere, so
+    listening on another interface is always an explicit choice.
+
+    Examples
+    --------
+    >>> import unified_map as um
+    >>> from cluster_setup import dask
+    >>> address = dask.start_scheduler("127.0.0.1:0")
+    >>> workers = dask.start_worker(address, n_workers=2)
+    >>> with dask.connect_to_scheduler(address):
+    ...     um.parallel(lambda x: x * x, range(6))
+    [0, 1, 4, 9, 16, 25]
+    >>> dask.stop(address)
+    """
+
+    engine = "dask"
+    extra = "dask"
+
+    def start_scheduler(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        block: bool = False,
+        *,
+        dashboard_port: int | None = 0,
+        timeout: float = 60,
+    ) -> str:
+        """Start a scheduler listening on ``address``.
+
+        Parameters
+        ----------
+        address : str, default "127.0.0.1:8786"
+            ``"host:port"`` or ``"tcp://host:port"`` to listen on; port 0 picks a free port.
+            Use the node's own address (or ``"0.0.0.0:8786"``) when workers run elsewhere.
+        block : bool, default False
+            False: start in the background, wait until it accepts connections, return.
+            True: serve until the scheduler exits, Ctrl-C or SIGTERM, then shut it down
+            cleanly and return (what a job script wants).
+        dashboard_port : int or None, default 0
+            Port of the web dashboard, on the same host; 0 picks a free one, None turns the
+            dashboard off. :meth:`report_status` shows its link.
+        timeout : float, default 60
+            Seconds to wait for the scheduler to start.
+
+        Returns
+        -------
+        str
+            The address workers and clients use, ``"tcp://host:port"`` with the real port.
+
+        Raises
+        ------
+        InvalidAddressError
+            ``address`` is malformed (a ``ValueError``).
+        PortInUseError
+            The port is taken (an ``OSError``), raised before anything starts.
+        ClusterStartError, ClusterStartTimeoutError
+            The scheduler exited while starting, or was not ready within ``timeout``.
+        EngineNotInstalledError
+            ``distributed`` is not installed.
+
+        Examples
+        --------
+        >>> from cluster_setup import dask
+        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        >>> address.startswith("tcp://127.0.0.1:")
+        True
+        >>> dask.stop(address)
+        """
+        where = parse_address(address)
+        import_distributed()  # the install hint before anything starts
+        check_port_free(where.host, where.port)
+        scheduler_file = self._new_file("scheduler-", ".json")
+        os.remove(scheduler_file)  # it appears once the scheduler listens
+        command = [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            where.host,
+            "--port",
+            str(where.port),
+            "--scheduler-file",
+            scheduler_file,
+        ]
+        if dashboard_port is None:
+            command.append("--no-dashboard")
+        else:
+            command += ["--dashboard-address", f"{where.host}:{dashboard_port}"]
+        record = self._spawn("scheduler", where.url, command, block=block)
+
+        def ready():
+            try:
+                with open(scheduler_file) as file:
+                    identity = json.load(file)
+            except (OSError, ValueError):  # not written yet, or half written
+                return None
+            listening = parse_address(identity["address"])
+            with contextlib.suppress(OSError):
+                socket.create_connection((listening.host, listening.port), timeout=1).close()
+                return identity
+
+        identity = self._wait_until(
+            record, ready, timeout, f"the dask scheduler on {where.host}:{where.port}"
+        )
+        record.address = identity["address"]
+        if block:
+            dashboard = _dashboard_link(identity)
+            self._serve(
+                [record],
+                f"cluster_setup: dask scheduler at {record.address}"
+                + (f", dashboard {dashboard}" if dashboard else "")
+                + "; serving until Ctrl-C or SIGTERM",
+            )
+        return record.address
+
+    def start_worker(
+        self,
+        address: str,
+        block: bool = False,
+        *,
+        n_workers: int = 1,
+        threads: int = 1,
+        memory: str | int = "auto",
+        host: str | None = None,
+        name: str | None = None,
+        timeout: float = 60,
+    ) -> list[str]:
+        """Start worker processes that join the scheduler at ``address``.
+
+        Parameters
+        ----------
+        address : str
+            The scheduler, ``"host:port"`` or ``"tcp://host:port"``.
+        block : bool, default False
+            False: return once every worker is registered with the scheduler. True: serve
+            until the workers exit, Ctrl-C or SIGTERM; then they leave the scheduler cleanly.
+        n_workers : int, default 1
+            Worker processes to start (each under a dask "nanny" that restarts it if it dies).
+        threads : int, default 1
+            Threads per worker process: the number of tasks it runs at once.
+        memory : str or int, default "auto"
+            Memory limit per worker process, like ``"2GB"`` or a number of bytes; ``"auto"``
+            shares the machine's memory between the processes.
+        host : str, optional
+            Interface the workers listen on. Default: 127.0.0.1 for a scheduler on this
+            machine, else this machine's address on the route to the scheduler.
+        name : str, optional
+            Worker name (``name-0``, ``name-1``... for several); default: a unique one.
+        timeout : float, default 60
+            Seconds to wait for the scheduler to answer and the workers to register.
+
+        Returns
+        -------
+        list of str
+            The addresses of the new workers.
+
+        Raises
+        ------
+        SchedulerUnreachableError
+            No scheduler answered at ``address`` within ``timeout`` (a ``ConnectionError``).
+        ClusterStartError, ClusterStartTimeoutError
+            The workers exited while starting, or did not register within ``timeout``.
+
+        Examples
+        --------
+        >>> from cluster_setup import dask
+        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        >>> dask.start_worker(address, n_workers=1, threads=1, memory="1GB")  # doctest: +ELLIPSIS
+        ['tcp://127.0.0.1:...']
+        >>> dask.stop(address)
+        """
+        where = parse_address(address)
+        if where.port == 0:
+            raise InvalidAddressError(f"a scheduler address needs its real port, got {address!r}")
+        for label, value in (("n_workers", n_workers), ("threads", threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        client = self._client(where.url, timeout)
+        try:
+            if host is None:
+                loopback = where.is_loopback
+                host = "127.0.0.1" if loopback else local_address_towards(where.host, where.port)
+            name = name or f"worker-{uuid.uuid4().hex[:8]}"
+            names = [name] if n_workers == 1 else [f"{name}-{i}" for i in range(n_workers)]
+            command = [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                where.url,
+                "--host",
+                host,
+                "--nworkers",
+                str(n_workers),
+                "--nthreads",
+                str(threads),
+                "--memory-limit",
+                str(memory),
+                "--name",
+                name,
+                # The worker's HTTP server (health, metrics) runs even without a dashboard
+                # and listens on every interface unless told otherwise.
+                "--no-dashboard",
+                "--dashboard-address",
+                f"{host}:0",
+            ]
+            record = self._spawn("worker", where.url, command, block=block, names=names)
+
+            def registered():
+                workers = client.scheduler_info(n_workers=-1)["workers"]
+                by_name = {str(info.get("name")): addr for addr, info in workers.items()}
+                if all(n in by_name for n in names):
+                    return [by_name[n] for n in names]
+                return None
+
+            addresses = self._wait_until(
+                record, registered, timeout, f"dask worker {name!r} joining {where.url}"
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+        if block:
+            self._serve(
+                [record],
+                f"cluster_setup: {n_workers} dask worker(s) joined {where.url}: "
+                f"{', '.join(addresses)}; serving until Ctrl-C or SIGTERM",
+            )
+        return addresses
+
+    def connect_to_scheduler(self, address: str, timeout: float = 10) -> DaskConnection:
+        """Connect to the scheduler at ``address`` and make it the active connection.
+
+        While it is active, ``unified_map.parallel(f, xs)`` with no backend (and
+        ``backend="dask"``) runs on this cluster. Connecting again disconnects the previous
+        active connection and replaces it.
+
+        Parameters
+        ----------
+        address : str
+            ``"host:port"`` or ``"tcp://host:port"``.
+        timeout : float, default 10
+            Seconds to keep trying before giving up.
+
+        Returns
+        -------
+        DaskConnection
+            A context manager that disconnects at exit; ``disconnect()`` does it by hand.
+
+        Raises
+        ------
+        SchedulerUnreachableError
+            No scheduler answered within ``timeout`` (a ``ConnectionError`` naming the
+            address).
+
+        Examples
+        --------
+        >>> import cluster_setup
+        >>> from cluster_setup import dask
+        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        >>> with dask.connect_to_scheduler(address, timeout=10) as connection:
+        ...     cluster_setup.active_connection() is connection
+        True
+        >>> cluster_setup.active_connection() is None
+        True
+        >>> dask.stop(address)
+        """
+        where = parse_address(address)
+        connection = DaskConnection(self, where.url, self._client(where.url, timeout))
+        self._activate(connection)
+        return connection
+
+    def report_status(self) -> ClusterStatus:
+        """Print a summary of the connected cluster and return it.
+
+        When no dask connection is active, the summary says so (and lists any scheduler or
+        worker this object started) instead of raising.
+
+        Returns
+        -------
+        ClusterStatus
+            Engine, scheduler address, whether connected, the workers with their address,
+            cores and memory, total cores, and the dashboard link.
+
+        Examples
+        --------
+        >>> from cluster_setup import dask
+        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        >>> with dask.connect_to_scheduler(address):
+        ...     status = dask.report_status()  # doctest: +ELLIPSIS
+        dask cluster at tcp://127.0.0.1:...: connected
+        worker           name  cores  memory
+        total: 0 workers           0  -
+        started by this process:
+          role       pid...
+        >>> status.connected, status.total_cores
+        (True, 0)
+        >>> dask.stop(address)
+        >>> dask.report_status().connected  # doctest: +ELLIPSIS
+        dask: not connected (connect with cluster_setup.dask.connect_to_scheduler(address))
+        False
+        """
+        started = [(r.role, r.pid, r.address) for r in self.started]
+        connection = self.connection
+        if connection is None:
+            status = ClusterStatus(self.engine, None, False, started=started)
+        else:
+            try:
+                identity = connection.client.scheduler_info(n_workers=-1)
+            except OSError as exc:
+                raise SchedulerUnreachableError(
+                    f"lost the connection to the dask scheduler at {connection.address}: {exc}"
+                ) from exc
+            workers = [
+                WorkerInfo(
+                    address=addr,
+                    cores=info.get("nthreads", 0),
+                    memory=info.get("memory_limit"),
+                    name=str(info.get("name", "")),
+                )
+                for addr, info in sorted(identity["workers"].items())
+            ]
+            status = ClusterStatus(
+                self.engine,
+                connection.address,
+                True,
+                workers,
+                _dashboard_link(identity),
+                started,
+            )
+        print(status)
+        return status
+
+    def _client(self, url: str, timeout: float):
+        """A :class:`distributed.Client` for ``url``, or a ConnectionError naming it."""
+        distributed = import_distributed()
+        try:
+            return distributed.Client(url, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerUnreachableError(
+                f"no dask scheduler answered at {url} within {timeout:g} s "
+                f"(is it running, and is the address right?): {exc}"
+            ) from exc
+
+
+def _dashboard_link(identity: dict) -> str | None:
+    port = identity.get("services", {}).get("dashboard")
+    if not port:
+        return None
+    return f"http://{parse_address(identity['address']).host}:{port}/status"
