@@ -87,6 +87,11 @@ def run_packed(blob: bytes) -> bytes:
     """
     func, items = cloudpickle.loads(blob)
     outcome = run_chunk(func, items)
+    if outcome.failure is not None:
+        # The worker's traceback travels as text (traceback_text). Where tblib's pickling is
+        # installed (distributed installs it at import) the exception would otherwise carry
+        # the worker's frames, and the caller would not attach them as a RemoteTraceback.
+        outcome.failure.exception.__traceback__ = None
     if outcome.failure is not None and not _round_trips(outcome.failure.exception):
         # e.g. an exception whose __init__ takes other arguments than it passes to super():
         # it pickles but cannot be rebuilt, so send its type name and text instead.
