@@ -471,7 +471,8 @@ def plot_results(results: Sequence[BenchmarkResult], path: str | Path) -> Path:
                 color="tab:red",
             )
     axes[-1].set_xlabel("seconds (log scale)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    # Above the first panel, right of its title: never over a bar.
+    axes[0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, fontsize=8, frameon=False)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=110)
