@@ -89,3 +89,14 @@ def test_pool_is_resized_when_n_workers_changes(name):
     two = get_backend(name, 2)
     assert two is not one and two.n_workers == 2
     assert um.parallel(lambda x: x + 1, range(10), backend=name, n_workers=2) == list(range(1, 11))
+
+
+def test_no_backend_and_no_connection_means_a_local_process_pool():
+    import cluster_setup
+
+    assert cluster_setup.active_connection() is None
+    pids = um.parallel(lambda _: os.getpid(), range(20), chunksize=1)
+    assert os.getpid() not in pids
+    with pytest.raises(KeyError) as caught:
+        um.parallel({}.__getitem__, ["missing"])
+    assert "(backend 'multiprocessing')" in "\n".join(caught.value.__notes__)

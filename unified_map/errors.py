@@ -6,6 +6,18 @@ for callers who never heard of unified_map.
 
 from __future__ import annotations
 
+# Errors of starting and connecting to clusters live with cluster_setup (which must not import
+# unified_map); they are re-exported here so users find every error type in one place.
+from cluster_setup.errors import (
+    ClusterSetupError,
+    ClusterStartError,
+    ClusterStartTimeoutError,
+    EngineNotInstalledError,
+    InvalidAddressError,
+    PortInUseError,
+    SchedulerUnreachableError,
+)
+
 __all__ = [
     "UnifiedMapError",
     "UnknownBackendError",
@@ -13,6 +25,13 @@ __all__ = [
     "WorkerLostError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
+    "ClusterSetupError",
+    "InvalidAddressError",
+    "PortInUseError",
+    "SchedulerUnreachableError",
+    "ClusterStartError",
+    "ClusterStartTimeoutError",
+    "EngineNotInstalledError",
 ]
 
 
