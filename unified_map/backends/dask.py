@@ -8,11 +8,13 @@ element, while one blob per chunk costs microseconds per item.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 
-import distributed  # noqa: F401 - fail here, with the install hint, when it is missing
+import distributed  # fail here, with the install hint, when it is missing
 
 import cluster_setup
 from cluster_setup._dask import DaskConnection, DaskSetup, import_distributed
@@ -25,13 +27,15 @@ logger = logging.getLogger(__name__)
 class DaskFuture(concurrent.futures.Future):
     """A :class:`concurrent.futures.Future` that mirrors one :class:`distributed.Future`.
 
-    Cancelling it cancels the dask task too.
+    The result is fetched by a coroutine on the client's event loop as soon as the task
+    finishes, so the results of several chunks travel at once rather than one after the
+    other on a callback thread. Cancelling this future cancels the dask task too.
     """
 
-    def __init__(self, dask_future):
+    def __init__(self, client, dask_future):
         super().__init__()
         self.dask_future = dask_future
-        dask_future.add_done_callback(self._settle)
+        asyncio.run_coroutine_threadsafe(self._settle(client, dask_future), _asyncio_loop(client))
 
     def cancel(self) -> bool:
         remote, self.dask_future = self.dask_future, None
@@ -39,28 +43,32 @@ class DaskFuture(concurrent.futures.Future):
             remote.cancel()
         return super().cancel()
 
-    def _settle(self, remote) -> None:
-        # Runs on distributed's callback thread once the task finished, failed or was dropped.
-        self.dask_future = None
-        if self.done():  # cancelled here meanwhile
-            return
+    async def _settle(self, client, remote) -> None:
         try:
-            if remote.status == "finished":
-                self.set_result(remote.result())
-            elif remote.status == "error":
-                self.set_exception(remote.exception())
-            else:
-                self.set_exception(
-                    SchedulerUnreachableError(
-                        f"dask dropped task {remote.key} (status {remote.status!r}): the client "
-                        f"was disconnected or lost its scheduler"
-                    )
-                )
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled between the check and here
-        except BaseException as exc:  # noqa: BLE001 - e.g. fetching the result failed
-            if not self.done():
-                self.set_exception(exc)
+            # waits for the task, then fetches its result from the worker that holds it
+            (value,) = await client.gather([remote], asynchronous=True)
+        except (asyncio.CancelledError, distributed.CancelledError) as exc:
+            outcome = SchedulerUnreachableError(
+                f"dask dropped task {remote.key}: the client was disconnected or lost its "
+                f"scheduler ({exc!r})"
+            )
+            self._deliver(self.set_exception, outcome)
+        except BaseException as exc:  # noqa: BLE001 - the task failed: the caller sees why
+            self._deliver(self.set_exception, exc)
+        else:
+            self._deliver(self.set_result, value)
+        finally:
+            self.dask_future = None
+
+    def _deliver(self, setter, value) -> None:
+        if not self.done():  # else it was cancelled here meanwhile
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                setter(value)
+
+
+def _asyncio_loop(client):
+    loop = client.loop
+    return getattr(loop, "asyncio_loop", loop)  # tornado's IOLoop wraps an asyncio loop
 
 
 class DaskBackend(Backend):
@@ -111,7 +119,7 @@ class DaskBackend(Backend):
     def submit(self, fn, *args):
         client = self._client()
         # pure=False: every chunk is a new task even if its bytes equal an earlier chunk's.
-        return DaskFuture(client.submit(fn, *args, pure=False))
+        return DaskFuture(client, client.submit(fn, *args, pure=False))
 
     def cancel(self, futures) -> None:
         """Cancel the dask tasks behind ``futures`` with one message per client."""

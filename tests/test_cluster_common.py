@@ -1,0 +1,400 @@
+"""The cluster-setup suite, written once for every engine, and tests of the shared parts.
+
+:class:`ClusterSuite` is not collected by itself (its name does not start with ``Test``): an
+engine's test module subclasses it and provides two fixtures, ``engine`` (a
+:class:`tests.cluster_fixtures.ClusterEngine`) and ``cluster`` (its session cluster), as
+``tests/test_cluster_dask.py`` does. Tests check correctness only, never speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import psutil
+import pytest
+
+import cluster_setup
+import unified_map as um
+from cluster_setup.base import ClusterStatus, WorkerInfo, parse_address
+from cluster_setup.errors import (
+    ClusterSetupError,
+    EngineNotInstalledError,
+    InvalidAddressError,
+    PortInUseError,
+    SchedulerUnreachableError,
+)
+from tests.cluster_fixtures import process_tree_pids
+from tests.helpers import run_python
+from unified_map.errors import RemoteTraceback
+
+MALFORMED_ADDRESSES = [
+    "127.0.0.1",
+    "tcp://127.0.0.1",
+    "127.0.0.1:port",
+    "http://127.0.0.1:8786",
+    "127.0.0.1:99999",
+    "",
+    "tcp://:8786",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def own_pid(_):
+    return os.getpid()
+
+
+def double_slowly_where(x):
+    time.sleep(0.02)
+    return 2 * x, os.getpid()
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise LookupError(f"no entry for {x}")
+    return x
+
+
+# -- shared parts, no engine needed ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", MALFORMED_ADDRESSES)
+def test_malformed_address_is_a_value_error_naming_the_form(address):
+    with pytest.raises(ValueError, match=r"expected 'host:port' or 'tcp://host:port'"):
+        parse_address(address)
+
+
+def test_address_forms():
+    assert parse_address("10.1.2.3:8786").url == "tcp://10.1.2.3:8786"
+    assert parse_address("tcp://node-7.cluster:0") == parse_address("node-7.cluster:0")
+    assert parse_address(" 127.0.0.1:1 ").is_loopback
+
+
+def test_error_types_subclass_the_builtins_that_fit():
+    assert issubclass(InvalidAddressError, ValueError)
+    assert issubclass(PortInUseError, OSError)
+    assert issubclass(SchedulerUnreachableError, ConnectionError)
+    assert issubclass(EngineNotInstalledError, ImportError)
+    for error in (InvalidAddressError, PortInUseError, SchedulerUnreachableError):
+        assert issubclass(error, ClusterSetupError)
+    assert um.errors.SchedulerUnreachableError is SchedulerUnreachableError
+
+
+def test_status_table_is_aligned():
+    status = ClusterStatus(
+        "dask",
+        "tcp://127.0.0.1:8786",
+        True,
+        [
+            WorkerInfo("tcp://127.0.0.1:40001", 4, 8 * 10**9, "a"),
+            WorkerInfo("tcp://127.0.0.1:5", 12, None, "long-name"),
+        ],
+        "http://127.0.0.1:8787/status",
+    )
+    lines = str(status).splitlines()
+    assert lines[0] == "dask cluster at tcp://127.0.0.1:8786: connected"
+    assert lines[1] == "dashboard: http://127.0.0.1:8787/status"
+    header, first, second, total = lines[2:]
+    name_at, memory_at = header.index("name"), header.index("memory")
+    cores_end = header.index("cores") + len("cores")  # right-aligned numbers end here
+    assert first[name_at:].startswith("a ") and second[name_at:].startswith("long-name ")
+    assert first[:cores_end].endswith(" 4") and second[:cores_end].endswith(" 12")
+    assert total[:cores_end].endswith(" 16") and total.startswith("total: 2 workers")
+    assert first[memory_at:] == "8.00 GB" and second[memory_at:] == "-"
+    assert total[memory_at:] == "8.00 GB"
+    assert status.total_cores == 16 and status.total_memory == 8 * 10**9
+
+
+def test_status_when_not_connected_says_so():
+    text = str(ClusterStatus("dask", None, False))
+    assert "not connected" in text and "connect_to_scheduler" in text
+
+
+# -- the suite every engine runs ------------------------------------------------------------
+
+
+class ClusterSuite:
+    """Tests of the four verbs, stop(), routing, errors and faults for one engine."""
+
+    @pytest.fixture
+    def connection(self, engine, cluster):
+        connection = engine.setup.connect_to_scheduler(cluster.address, timeout=30)
+        try:
+            yield connection
+        finally:
+            connection.disconnect()
+
+    # the verbs
+
+    def test_start_scheduler_returns_a_tcp_address_on_loopback(self, cluster):
+        address = parse_address(cluster.address)
+        assert address.scheme == "tcp" and address.host == "127.0.0.1" and address.port > 0
+        assert len(cluster.worker_addresses) == 2
+
+    def test_everything_started_listens_on_loopback_only(self, engine, cluster):
+        listening = []
+        for pid in cluster.pids():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for conn in psutil.Process(pid).net_connections(kind="inet"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        listening.append((pid, conn.laddr.ip, conn.laddr.port))
+        assert listening, "the cluster listens nowhere?"
+        assert {ip for _, ip, _ in listening} == {"127.0.0.1"}, listening
+        assert parse_address(cluster.address).port in {port for _, _, port in listening}
+
+    def test_connect_makes_the_connection_active_until_the_block_ends(self, engine, cluster):
+        assert cluster_setup.active_connection() is None
+        with engine.setup.connect_to_scheduler(cluster.address) as connection:
+            assert cluster_setup.active_connection() is connection
+            assert connection.backend_name == engine.name and connection.connected
+        assert cluster_setup.active_connection() is None and not connection.connected
+        connection.disconnect()  # twice is harmless
+
+    def test_connecting_again_replaces_the_active_connection(self, engine, cluster):
+        first = engine.setup.connect_to_scheduler(cluster.address)
+        second = engine.setup.connect_to_scheduler(cluster.address)
+        try:
+            assert cluster_setup.active_connection() is second
+            assert not first.connected and second.connected
+            first.disconnect()  # no longer active: must not clear the new one
+            assert cluster_setup.active_connection() is second
+        finally:
+            engine.setup.disconnect()
+        assert cluster_setup.active_connection() is None
+
+    def test_parallel_without_backend_runs_on_the_connected_cluster(self, cluster, connection):
+        pids = set(um.parallel(own_pid, range(16), chunksize=1))
+        assert pids <= cluster.pids() and os.getpid() not in pids
+        assert um.parallel(lambda x: x + 1, range(500)) == list(range(1, 501))
+
+    def test_backend_named_explicitly_uses_the_connection(self, engine, cluster, connection):
+        pids = set(um.parallel(own_pid, range(16), backend=engine.name, chunksize=1))
+        assert pids <= cluster.pids()
+
+    def test_connect_disconnect_reconnect_across_maps(self, engine, cluster):
+        with engine.setup.connect_to_scheduler(cluster.address):
+            assert set(um.parallel(own_pid, range(4), backend=engine.name)) <= cluster.pids()
+        # no connection: the backend runs on a local cluster of its own, not on this one
+        local = set(um.parallel(own_pid, range(4), backend=engine.name, chunksize=1))
+        assert not local & cluster.pids() and os.getpid() not in local
+        with engine.setup.connect_to_scheduler(cluster.address):
+            assert set(um.parallel(own_pid, range(4), backend=engine.name)) <= cluster.pids()
+
+    def test_report_status_while_connected(self, engine, cluster, connection, capsys):
+        status = engine.setup.report_status()
+        printed = capsys.readouterr().out
+        assert status.connected and status.engine == engine.name
+        assert status.scheduler_address == cluster.address
+        assert sorted(w.address for w in status.workers) == sorted(cluster.worker_addresses)
+        assert all(w.cores == 1 and w.memory == 10**9 for w in status.workers)
+        assert status.total_cores == 2
+        assert status.dashboard_link and status.dashboard_link.startswith("http://127.0.0.1:")
+        assert printed.strip() == str(status)
+        for address in cluster.worker_addresses:
+            assert address in printed
+        assert "total: 2 workers" in printed
+
+    def test_report_status_when_not_connected(self, engine, cluster, capsys):
+        status = engine.setup.report_status()
+        assert not status.connected and status.workers == []
+        assert "not connected" in capsys.readouterr().out
+        # it still lists what this process started
+        assert {pid for _, pid, _ in status.started} >= {p.pid for p in cluster.processes}
+
+    def test_start_worker_joins_with_the_resources_asked_for(self, engine, cluster, connection):
+        record = engine.start_worker(cluster.address, n_workers=2, threads=2, memory="1.5GB")
+        try:
+            status = engine.setup.report_status()
+            new = [w for w in status.workers if w.address not in cluster.worker_addresses]
+            assert [(w.cores, w.memory) for w in new] == [(2, 1.5 * 10**9)] * 2
+            assert status.total_cores == 2 + 4
+        finally:
+            engine.stop_worker(record)
+        assert not process_tree_pids([record.pid])
+
+    def test_stop_stops_only_what_it_was_asked_to(self, engine, cluster):
+        address = engine.setup.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        (record,) = [p for p in engine.setup.started if p.address == address]
+        pids = process_tree_pids([record.pid])
+        connection = engine.setup.connect_to_scheduler(address)
+        engine.setup.stop(address)
+        assert not connection.connected and cluster_setup.active_connection() is None
+        assert not process_tree_pids(pids)
+        assert process_tree_pids(p.pid for p in cluster.processes) == cluster.pids()
+        engine.setup.stop(address)  # nothing left: harmless
+
+    # errors
+
+    @pytest.mark.parametrize("address", ["127.0.0.1", "tcp://127.0.0.1", "127.0.0.1:port"])
+    def test_malformed_address_in_every_verb(self, engine, address):
+        for verb in (
+            engine.setup.start_scheduler,
+            engine.setup.start_worker,
+            engine.setup.connect_to_scheduler,
+        ):
+            with pytest.raises(ValueError, match="host:port"):
+                verb(address)
+
+    def test_port_in_use_fails_at_once(self, engine):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            started = time.monotonic()
+            with pytest.raises(PortInUseError, match=f"127.0.0.1:{port}.*already in use"):
+                engine.setup.start_scheduler(f"127.0.0.1:{port}")
+            assert time.monotonic() - started < 2
+        assert not [p for p in engine.setup.started if str(port) in p.address]
+
+    def test_unreachable_scheduler_is_a_connection_error_within_the_timeout(self, engine):
+        address = f"127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=re.escape(f"tcp://{address}")):
+            engine.setup.connect_to_scheduler(address, timeout=2)
+        assert time.monotonic() - started < 2 + 5
+        assert cluster_setup.active_connection() is None
+        before = len(engine.setup.started)
+        with pytest.raises(ConnectionError, match=re.escape(f"tcp://{address}")):
+            engine.setup.start_worker(address, timeout=2)
+        assert len(engine.setup.started) == before
+
+    def test_missing_engine_gives_the_install_hint(self, engine):
+        result = run_python(
+            f"""
+            import sys
+            sys.modules[{engine.engine_module!r}] = None  # as if it were not installed
+            import unified_map as um
+            from cluster_setup import {engine.name} as setup
+            calls = [
+                lambda: setup.start_scheduler("127.0.0.1:0"),
+                lambda: setup.start_worker("127.0.0.1:1"),
+                lambda: setup.connect_to_scheduler("127.0.0.1:1"),
+                lambda: um.parallel(abs, [1], backend={engine.name!r}),
+            ]
+            for call in calls:
+                try:
+                    call()
+                except ImportError as exc:
+                    print(type(exc).__name__, exc)
+                else:
+                    print("no error")
+            print(sorted(p.pid for p in setup.started))
+            """,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 5 and lines[-1] == "[]", result.stdout
+        for line in lines[:4]:
+            assert f"pip install unified_map[{engine.extra}]" in line, line
+
+    # faults
+
+    def test_exception_in_func_keeps_its_type_and_the_connection_works(self, connection):
+        with pytest.raises(LookupError, match="no entry for 3") as caught:
+            um.parallel(fail_on_three, range(10), chunksize=2)
+        notes = "\n".join(caught.value.__notes__)
+        assert "item 3 of the input: 3" in notes
+        assert isinstance(caught.value.__cause__, RemoteTraceback)
+        assert "fail_on_three" in caught.value.__cause__.traceback_text
+        printed = "".join(traceback.format_exception(caught.value))
+        assert "fail_on_three" in printed and "item 3" in printed
+        assert um.parallel(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
+
+    def test_worker_killed_mid_map_loses_no_result(self, engine, cluster, connection):
+        extra = engine.start_worker(cluster.address)  # the one to kill: the cluster stays whole
+        extra_pids = process_tree_pids([extra.pid])
+        try:
+            results = um.imap(double_slowly_where, range(300), chunksize=5)
+            received, busy = [], False
+            for value, pid in results:  # kill it once it is busy with this map
+                received.append(value)
+                if pid in extra_pids:
+                    busy = True
+                    break
+            engine.kill_worker(extra)
+            received += [value for value, _ in results]
+        finally:
+            engine.stop_worker(extra)
+        assert busy, "the extra worker got no task before the map ended"
+        assert received == [2 * x for x in range(300)]
+        assert not process_tree_pids([extra.pid])
+        assert um.parallel(abs, [-1, -2]) == [1, 2]
+
+    def test_block_true_serves_until_sigterm_and_leaves_nothing(self, engine, tmp_path):
+        scheduler = _BlockingScript(engine.blocking_script("scheduler", "127.0.0.1:0"))
+        try:
+            address = scheduler.wait_for(r"scheduler at (tcp://\S+?)[,;]")
+            worker = _BlockingScript(engine.blocking_script("worker", address))
+            try:
+                worker.wait_for(r"2 \S+ worker\(s\) joined")
+                with engine.setup.connect_to_scheduler(address):
+                    assert len(engine.setup.report_status().workers) == 2
+                worker.terminate_and_check()
+            finally:
+                worker.kill()
+            scheduler.terminate_and_check()
+        finally:
+            scheduler.kill()
+
+
+class _BlockingScript:
+    """A child interpreter running a ``block=True`` call; its stderr is read in a thread."""
+
+    def __init__(self, code: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match.group(1) if match.groups() else line
+            assert self.process.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
+
+    def terminate_and_check(self) -> None:
+        descendants = process_tree_pids([self.process.pid]) - {self.process.pid}
+        assert descendants, "the blocking call started no process?"
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=60)
+        self._reader.join(5)
+        assert self.process.returncode == 0, "".join(self.lines)
+        assert "returned" in out  # the call returned; the script went on and ended normally
+        assert not process_tree_pids(descendants), "children left behind"
+        assert not [line for line in self.lines if "Traceback" in line], "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:  # only when a check failed: take its children too
+            for pid in process_tree_pids([self.process.pid]):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else None
+            self.process.kill()
+            self.process.wait()

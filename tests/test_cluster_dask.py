@@ -1,0 +1,96 @@
+"""Dask: the generic cluster suite on a real scheduler and two workers, plus what only the
+dask backend does (local cluster on first use, chunks as bytes, remote cancel)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+import cluster_setup
+import unified_map as um
+from tests.cluster_fixtures import ENGINES, process_tree_pids
+from tests.test_cluster_common import ClusterSuite
+from unified_map.backends import get_backend
+from unified_map.backends.base import pack, run_packed, unpack_outcome
+from unified_map.backends.dask import DaskBackend
+
+
+class TestDaskCluster(ClusterSuite):
+    @pytest.fixture
+    def engine(self):
+        return ENGINES["dask"]
+
+    @pytest.fixture
+    def cluster(self, dask_cluster):
+        return dask_cluster
+
+
+def sleep_then_return(x):
+    time.sleep(0.5)
+    return x
+
+
+def test_same_object_from_both_packages():
+    assert um.cluster_setup.dask is cluster_setup.dask
+    from cluster_setup import dask
+
+    assert dask is cluster_setup.dask and dask.engine == "dask"
+
+
+def test_local_cluster_is_started_once_logged_and_closed(caplog):
+    assert cluster_setup.active_connection() is None
+    backend = DaskBackend(n_workers=2)
+    try:
+        with caplog.at_level(logging.INFO, logger="unified_map.backends.dask"):
+            first = backend.submit(run_packed, pack(abs, [-1])).result(timeout=60)
+            second = backend.submit(run_packed, pack(abs, [-2])).result(timeout=60)
+        assert unpack_outcome(first).results == [1] and unpack_outcome(second).results == [2]
+        logged = [r for r in caplog.records if r.name == "unified_map.backends.dask"]
+        assert len(logged) == 1 and logged[0].levelno == logging.INFO
+        assert "local dask cluster" in logged[0].getMessage()
+        assert "127.0.0.1" in logged[0].getMessage()
+        local = backend._local
+        pids = process_tree_pids(p.pid for p in local.setup.started)
+        assert len(local.client.nthreads()) == 2 and backend.n_workers == 2
+    finally:
+        backend.close()
+    assert not process_tree_pids(pids)
+    backend.close()  # twice is harmless
+
+
+def test_n_workers_is_the_clusters_thread_count_when_connected(dask_connection):
+    assert get_backend("dask").n_workers == 2
+
+
+def test_chunks_are_submitted_as_one_bytes_blob(dask_connection, monkeypatch):
+    client = dask_connection.client
+    submitted = []
+    original = client.submit
+
+    def spy(fn, *args, **kwargs):
+        submitted.append((fn, args, kwargs))
+        return original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(client, "submit", spy)
+    assert um.parallel(abs, range(-100, 100), chunksize=50) == [abs(x) for x in range(-100, 100)]
+    assert len(submitted) == 4
+    for fn, args, kwargs in submitted:
+        assert fn is run_packed and len(args) == 1 and isinstance(args[0], bytes)
+        assert kwargs == {"pure": False}
+
+
+def test_stopping_early_cancels_the_remote_tasks(dask_connection):
+    results = um.imap(sleep_then_return, range(40), chunksize=1)
+    assert next(results) == 0
+    results.close()  # the consumer stops: the queued dask tasks are withdrawn
+
+    def n_tasks(dask_scheduler):
+        return len(dask_scheduler.tasks)
+
+    client = dask_connection.client
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(n_tasks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.run_on_scheduler(n_tasks) == 0
