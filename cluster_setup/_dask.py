@@ -122,6 +122,10 @@ class DaskSetup(ClusterSetup):
     engine = "dask"
     extra = "dask"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._without_dashboard: set[str] = set()
+
     def start_scheduler(
         self,
         address: str = DEFAULT_ADDRESS,
@@ -187,10 +191,12 @@ class DaskSetup(ClusterSetup):
             "--scheduler-file",
             scheduler_file,
         ]
+        # The HTTP server (health checks, metrics) runs even without a dashboard, and on every
+        # interface unless given an address: bind it to the scheduler's host either way.
+        port = 0 if dashboard_port is None else dashboard_port
+        command += ["--dashboard-address", f"{where.host}:{port}"]
         if dashboard_port is None:
             command.append("--no-dashboard")
-        else:
-            command += ["--dashboard-address", f"{where.host}:{dashboard_port}"]
         record = self._spawn("scheduler", where.url, command, block=block)
 
         def ready():
@@ -208,6 +214,9 @@ class DaskSetup(ClusterSetup):
             record, ready, timeout, f"the dask scheduler on {where.host}:{where.port}"
         )
         record.address = identity["address"]
+        if dashboard_port is None:  # its HTTP server still shows up as "dashboard"
+            self._without_dashboard.add(record.address)
+            identity["services"].pop("dashboard", None)
         if block:
             dashboard = _dashboard_link(identity)
             self._serve(
@@ -392,15 +401,15 @@ class DaskSetup(ClusterSetup):
         >>> with dask.connect_to_scheduler(address):
         ...     status = dask.report_status()  # doctest: +ELLIPSIS
         dask cluster at tcp://127.0.0.1:...: connected
-        worker           name  cores  memory
-        total: 0 workers           0  -
+        worker            name  cores  memory
+        total: 0 workers            0  -
         started by this process:
-          role       pid...
+        ...
         >>> status.connected, status.total_cores
         (True, 0)
         >>> dask.stop(address)
         >>> dask.report_status().connected  # doctest: +ELLIPSIS
-        dask: not connected (connect with cluster_setup.dask.connect_to_scheduler(address))
+        dask: not connected (connect with cluster_setup.dask.connect_to_scheduler(address))...
         False
         """
         started = [(r.role, r.pid, r.address) for r in self.started]
@@ -428,7 +437,9 @@ class DaskSetup(ClusterSetup):
                 connection.address,
                 True,
                 workers,
-                _dashboard_link(identity),
+                None
+                if connection.address in self._without_dashboard
+                else _dashboard_link(identity),
                 started,
             )
         print(status)

@@ -53,6 +53,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening_sockets(pids) -> list[tuple[int, str, int]]:
+    """``(pid, ip, port)`` of every listening TCP socket of ``pids``."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
 def own_pid(_):
     return os.getpid()
 
@@ -145,12 +156,7 @@ class ClusterSuite:
         assert len(cluster.worker_addresses) == 2
 
     def test_everything_started_listens_on_loopback_only(self, engine, cluster):
-        listening = []
-        for pid in cluster.pids():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                for conn in psutil.Process(pid).net_connections(kind="inet"):
-                    if conn.status == psutil.CONN_LISTEN:
-                        listening.append((pid, conn.laddr.ip, conn.laddr.port))
+        listening = listening_sockets(cluster.pids())
         assert listening, "the cluster listens nowhere?"
         assert {ip for _, ip, _ in listening} == {"127.0.0.1"}, listening
         assert parse_address(cluster.address).port in {port for _, _, port in listening}
@@ -229,6 +235,8 @@ class ClusterSuite:
         address = engine.setup.start_scheduler("127.0.0.1:0", dashboard_port=None)
         (record,) = [p for p in engine.setup.started if p.address == address]
         pids = process_tree_pids([record.pid])
+        # without a dashboard too, nothing listens beyond 127.0.0.1
+        assert {ip for _, ip, _ in listening_sockets(pids)} == {"127.0.0.1"}
         connection = engine.setup.connect_to_scheduler(address)
         engine.setup.stop(address)
         assert not connection.connected and cluster_setup.active_connection() is None

@@ -105,6 +105,12 @@ class DaskBackend(Backend):
         self.worker_lost_errors = (import_distributed().KilledWorker,)
 
     @property
+    def max_in_flight(self) -> int:
+        """Four chunks per worker thread: a dask round trip takes ~20 ms (its messages are
+        batched every 2-10 ms), so a worker needs more than one chunk queued to stay busy."""
+        return 4 * self.n_workers
+
+    @property
     def n_workers(self) -> int:
         """Worker threads of the connected cluster, or the local cluster's worker count."""
         connection = self._active_connection()
@@ -153,7 +159,8 @@ class DaskBackend(Backend):
             local.setup.stop()
 
     def abort(self) -> None:
-        """Cancel nothing globally: :meth:`cancel` already withdrew this map's tasks."""
+        """Stop the local cluster, if any (Ctrl-C, a lost worker). A connected cluster keeps
+        running: :meth:`cancel` has already withdrawn this map's tasks from it."""
         self.close()
 
     def _active_connection(self) -> DaskConnection | None:
