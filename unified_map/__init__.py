@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cluster_setup
 from unified_map.backends import available_backends, register_backend
+from unified_map.benchmark import benchmark
 from unified_map.errors import (
     BackendNotInstalledError,
     RemoteTraceback,
@@ -43,11 +44,3 @@ __all__ = [
     "UnpicklableRemoteError",
 ]
 
-
-def __getattr__(name: str):
-    # benchmark pulls in more than a plain map needs; load it on first use.
-    if name == "benchmark":
-        from unified_map.benchmark import benchmark
-
-        return benchmark
-    raise AttributeError(f"module 'unified_map' has no attribute {name!r}")
