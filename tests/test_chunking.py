@@ -6,7 +6,7 @@ import itertools
 import time
 
 import unified_map as um
-from unified_map.chunking import MAX_UNSIZED_CHUNK, ChunkSizer, iter_chunks
+from unified_map.chunking import MAX_UNSIZED_CHUNK, ChunkSizer, cost_key, iter_chunks
 
 
 def test_fixed_size_never_changes():
@@ -82,3 +82,25 @@ def test_slow_function_spreads_over_workers():
         n_workers=2,
     )
     assert len(set(names)) == 2
+
+
+def test_cost_of_a_function_is_remembered_across_calls():
+    def body(x):
+        return x
+
+    first = ChunkSizer(None, n_items=10_000, n_workers=2, key=cost_key(body))
+    assert first.next_size() == 1  # never seen: probe
+    first.observe(100, 100 * 1e-6)
+    again = ChunkSizer(None, n_items=10_000, n_workers=2, key=cost_key(body))
+    assert again.next_size() == 10_000 // 8  # known to be cheap: big chunks from the start
+    assert ChunkSizer(None, 10_000, 2, key=cost_key(lambda x: x)).next_size() == 1
+
+
+def test_remembered_cost_is_corrected_by_the_first_measurement():
+    def body(x):
+        return x
+
+    ChunkSizer(None, 1000, 2, key=cost_key(body)).observe(10, 10 * 1e-6)
+    sizer = ChunkSizer(None, 1000, 2, key=cost_key(body))
+    sizer.observe(4, 4 * 0.05)  # now 50 ms per item (bigger inputs)
+    assert sizer.next_size() <= 3

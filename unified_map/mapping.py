@@ -22,7 +22,7 @@ from unified_map.backends.base import (
     run_packed,
     unpack_outcome,
 )
-from unified_map.chunking import ChunkSizer, iter_chunks
+from unified_map.chunking import ChunkSizer, cost_key, iter_chunks
 from unified_map.errors import RemoteTraceback, WorkerLostError
 
 __all__ = ["parallel", "imap", "starmap"]
@@ -217,7 +217,9 @@ def _imap(
     callee = func.func if isinstance(func, _Star) else func
     _validate(callee, backend, chunksize, n_workers, needs_iterables)
     chosen = _choose_backend(backend, n_workers)
-    sizer = ChunkSizer(chunksize, n_items, chosen.n_workers, chosen.target_chunk_seconds)
+    sizer = ChunkSizer(
+        chunksize, n_items, chosen.n_workers, chosen.target_chunk_seconds, key=cost_key(callee)
+    )
     run = _OrderedRun(func, items, n_items, chosen, sizer, progress, describe_as_args)
     return _ResultIterator(run)
 
