@@ -111,8 +111,8 @@ def main() -> None:
     names = [name.strip() for name in args.backends.split(",") if name.strip()]
     header("benchmarks/imap_memory.py: peak RSS growth of imap over a long generator")
     print(
-        f"sum(imap(x + 1, generator of {n:,} ints)); RSS of this process and its workers, "
-        "sampled every 10 ms; pools warm."
+        f"sum(imap(x + 1, generator of {n:,} ints)); peak RSS growth of this process and its "
+        "workers (kernel high-water mark, reset before each row); pools warm."
     )
 
     def generator():

@@ -173,8 +173,8 @@ def benchmark(
 
     Examples
     --------
-    >>> from unified_map.benchmark import benchmark
-    >>> result = benchmark(str.upper, "abc", backends=["serial", "threads"], repeat=2)
+    >>> import unified_map as um
+    >>> result = um.benchmark(str.upper, "abc", backends=["serial", "threads"], repeat=2)
     >>> sorted(row["backend"] for row in result.to_dicts())
     ['serial', 'threads']
     >>> print(result)  # doctest: +SKIP
