@@ -176,3 +176,12 @@ def test_interpreter_exit_shuts_pools_down():
     assert len(pids) >= 4
     time.sleep(0.5)
     assert [pid for pid in pids if not _gone(pid)] == []
+
+
+def test_joblib_backend_and_joblib_parallel_share_the_process_peacefully():
+    from joblib import Parallel, delayed
+
+    assert um.parallel(abs, [-1, -2], backend="joblib", n_workers=2) == [1, 2]
+    assert Parallel(n_jobs=2)(delayed(abs)(x) for x in [-3, -4]) == [3, 4]
+    assert um.parallel(abs, [-5], backend="joblib", n_workers=2) == [5]
+    assert Parallel(n_jobs=2)(delayed(abs)(x) for x in [-6]) == [6]

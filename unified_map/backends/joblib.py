@@ -1,15 +1,18 @@
 """The ``joblib`` backend: joblib's loky process executor, reused across calls.
 
-loky is the engine under ``joblib.Parallel``; taking its reusable executor directly gives
-futures (so results stream in order and ``imap`` stays lazy) while keeping joblib's robust
-worker management: a crashed worker is detected and reported, never waited for.
+loky is the engine under ``joblib.Parallel``; taking its reusable executor gives futures (so
+results stream in order and ``imap`` stays lazy) while keeping joblib's robust worker
+management: a crashed worker is detected and reported, never waited for. The executor is the
+one ``joblib.Parallel`` itself uses (``get_memmapping_executor``): asking loky directly would
+hand joblib an executor without the bookkeeping it expects, and break every later
+``joblib.Parallel`` (scikit-learn included) in the process.
 """
 
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
 
-from joblib.externals.loky import get_reusable_executor
+from joblib.executor import get_memmapping_executor
 
 from unified_map.backends.base import Backend
 
@@ -37,8 +40,8 @@ class JoblibBackend(Backend):
         self._executor = self._get_executor()
 
     def _get_executor(self):
-        # loky hands out one process-wide executor and resizes it to the size asked for.
-        return get_reusable_executor(self.n_workers, timeout=IDLE_WORKER_TIMEOUT_SECONDS)
+        # One process-wide executor, shared with joblib.Parallel, resized to the size asked for.
+        return get_memmapping_executor(self.n_workers, timeout=IDLE_WORKER_TIMEOUT_SECONDS)
 
     def submit(self, fn, *args):
         if getattr(self._executor, "_broken", False):
