@@ -19,6 +19,7 @@ from unified_map.benchmark import benchmark
 from unified_map.errors import (
     BackendNotInstalledError,
     RemoteTraceback,
+    ResultMismatchError,
     UnifiedMapError,
     UnknownBackendError,
     UnpicklableRemoteError,
@@ -40,7 +41,7 @@ __all__ = [
     "UnknownBackendError",
     "BackendNotInstalledError",
     "WorkerLostError",
+    "ResultMismatchError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
 ]
-

@@ -17,8 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from unified_map.backends import available_backends, backend_class, discard_backend, get_backend
-from unified_map.errors import UnifiedMapError
+from unified_map.backends import (
+    available_backends,
+    backend_class,
+    close_backend,
+    discard_backend,
+    get_backend,
+)
+from unified_map.errors import ResultMismatchError
 from unified_map.mapping import parallel
 
 __all__ = [
@@ -32,11 +38,6 @@ __all__ = [
 ]
 
 PLOT_INSTALL_HINT = "pip install unified_map[plot]"
-
-
-class ResultMismatchError(UnifiedMapError, AssertionError):
-    """A backend returned results that differ from the builtin ``map``: the backend is wrong,
-    so its timings mean nothing and the benchmark stops."""
 
 
 @dataclass
@@ -309,11 +310,7 @@ class _Run:
 def _close_warm(name: str) -> None:
     """Close a warm instance of ``name`` left by earlier maps, so that start-up is real."""
     backend_class(name)  # fail here, with the registry's message, if it cannot be imported
-    from unified_map import backends as registry
-
-    warm = registry._warm.get(name)
-    if warm is not None:
-        discard_backend(warm)
+    close_backend(name)
 
 
 def _describe(exc: BaseException) -> str:

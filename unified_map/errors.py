@@ -23,6 +23,7 @@ __all__ = [
     "UnknownBackendError",
     "BackendNotInstalledError",
     "WorkerLostError",
+    "ResultMismatchError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
     "ClusterSetupError",
@@ -49,6 +50,11 @@ class BackendNotInstalledError(UnifiedMapError, ImportError):
 
 class WorkerLostError(UnifiedMapError, RuntimeError):
     """A worker process died (crash, ``os._exit``, out of memory) while running a task."""
+
+
+class ResultMismatchError(UnifiedMapError, AssertionError):
+    """A backend returned results that differ from the builtin ``map`` during a benchmark:
+    the backend is wrong, so its timings mean nothing and the benchmark stops."""
 
 
 class RemoteTraceback(Exception):

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from unified_map.backends.base import Backend
 from unified_map.errors import BackendNotInstalledError, UnknownBackendError
 
-__all__ = ["Backend", "register_backend", "available_backends", "backend_class", "get_backend"]
+__all__ = [
+    "Backend",
+    "register_backend",
+    "available_backends",
+    "backend_class",
+    "get_backend",
+    "close_backend",
+    "discard_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,24 @@ def discard_backend(backend: Backend, *, abort: bool = False) -> None:
         if _warm.get(backend.name) is backend:
             del _warm[backend.name]
     backend.abort() if abort else backend.close()
+
+
+def close_backend(name: str) -> bool:
+    """Close the warm instance of ``name``, if there is one; the next map starts afresh.
+
+    Returns whether there was one. Benchmarks use it to time a backend's real start-up.
+
+    Examples
+    --------
+    >>> _ = get_backend("threads", 1)
+    >>> close_backend("threads"), close_backend("threads")
+    (True, False)
+    """
+    with _warm_lock:
+        backend = _warm.pop(name, None)
+    if backend is not None:
+        backend.close()
+    return backend is not None
 
 
 @atexit.register
