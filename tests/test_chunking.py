@@ -104,3 +104,19 @@ def test_remembered_cost_is_corrected_by_the_first_measurement():
     sizer = ChunkSizer(None, 1000, 2, key=cost_key(body))
     sizer.observe(4, 4 * 0.05)  # now 50 ms per item (bigger inputs)
     assert sizer.next_size() <= 3
+
+
+def test_chunks_of_slow_items_shrink_toward_the_end():
+    sizer = ChunkSizer(None, n_items=40, n_workers=2, target_seconds=0.1)
+    sizer.observe(1, 0.025)  # 25 ms per item: 4 items reach the target
+    sizes = [size for size in (len(chunk) for _, chunk in iter_chunks(iter(range(40)), sizer))]
+    assert sum(sizes) == 40
+    assert sizes[0] == 4 and sizes[-1] == 1
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_chunks_of_tiny_items_do_not_shrink_into_many_round_trips():
+    sizer = ChunkSizer(None, n_items=100_000, n_workers=2)
+    sizer.observe(1000, 1000 * 1e-7)
+    chunks = list(iter_chunks(iter(range(100_000)), sizer))
+    assert len(chunks) == 8

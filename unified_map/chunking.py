@@ -22,8 +22,13 @@ from typing import Any
 #: Aim for chunks that compute this long: long enough to hide a round-trip to a worker
 #: (0.1-2 ms locally, a few ms on a cluster), short enough to balance load and stream results.
 TARGET_CHUNK_SECONDS = 0.1
-#: With a known number of items, at least this many chunks per worker, for load balance.
+#: With a known number of items, at least this many chunks per worker, for load balance; and
+#: toward the end, chunks shrink so that the items left still make this many per worker
+#: ("guided" scheduling), so that one slow chunk does not finish long after the others.
 MIN_CHUNKS_PER_WORKER = 4
+#: Guided shrinking stops at chunks that compute this long: below it, the round-trip of
+#: another chunk costs more than the imbalance it would save.
+MIN_CHUNK_SECONDS = 0.01
 #: Without a known length, never cut more than this many items at once, so a fast function
 #: over an endless generator keeps a small, flat memory footprint.
 MAX_UNSIZED_CHUNK = 10_000
@@ -112,6 +117,9 @@ class ChunkSizer:
     ):
         self.fixed = chunksize
         self.target_seconds = target_seconds
+        self.n_items = n_items
+        self.n_workers = n_workers
+        self.handed_out = 0
         if n_items is None:
             self.cap = MAX_UNSIZED_CHUNK
         else:
@@ -137,7 +145,12 @@ class ChunkSizer:
         seconds_per_item = self._seconds / self._items_timed
         if seconds_per_item <= 0:
             return cap
-        return max(1, min(cap, int(self.target_seconds / seconds_per_item)))
+        size = self.target_seconds / seconds_per_item
+        if self.n_items is not None:
+            remaining = self.n_items - self.handed_out
+            guided = remaining / (MIN_CHUNKS_PER_WORKER * self.n_workers)
+            size = min(size, max(guided, MIN_CHUNK_SECONDS / seconds_per_item))
+        return max(1, min(cap, math.ceil(size)))
 
     def observe(self, n_items: int, seconds: float) -> None:
         """Record that a chunk of ``n_items`` computed in ``seconds`` where it ran."""
@@ -164,5 +177,6 @@ def iter_chunks(items: Iterator, sizer: ChunkSizer) -> Iterator[tuple[int, list]
         chunk = list(itertools.islice(items, sizer.next_size()))
         if not chunk:
             return
+        sizer.handed_out += len(chunk)
         yield start, chunk
         start += len(chunk)
