@@ -47,7 +47,6 @@ class PoolBackend(Backend):
         raise NotImplementedError
 
     def submit(self, fn, *args):
-        self.check_health()
         future: concurrent.futures.Future = concurrent.futures.Future()
         # Pool tasks cannot be withdrawn once queued: say so, so cancel() reports False.
         future.set_running_or_notify_cancel()
