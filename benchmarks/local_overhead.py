@@ -26,7 +26,7 @@ import joblib  # noqa: E402
 from _common import header, interleaved, load, table  # noqa: E402
 
 import unified_map as um  # noqa: E402
-from unified_map.backends import discard_backend, get_backend  # noqa: E402
+from unified_map.backends import get_backend  # noqa: E402
 from unified_map.backends.base import default_worker_count  # noqa: E402
 from unified_map.benchmark import spin, spin_count  # noqa: E402
 
@@ -36,16 +36,6 @@ SPEEDUP_TARGET = 1.8
 
 def increment(x):
     return x + 1
-
-
-def release_joblib_backend() -> None:
-    """Close our joblib backend before joblib.Parallel runs again in this process.
-
-    Known core bug (reported): the joblib backend takes loky's reusable executor, and a
-    later ``joblib.Parallel`` then fails with "'_ReusablePoolExecutor' object has no
-    attribute '_temp_folder_manager'". Closing ours first sidesteps it here.
-    """
-    discard_backend(get_backend("joblib"))
 
 
 def tiny_items(n_items: int, repeat: int, n_workers: int) -> None:
@@ -90,7 +80,7 @@ def tiny_items(n_items: int, repeat: int, n_workers: int) -> None:
     }
     print(
         f"1. {n_items:,} tiny items (x + 1), {n_workers} workers; median of {repeat} runs each, "
-        "taken in interleaved rounds (joblib: in blocks, see release_joblib_backend); every "
+        "taken in interleaved rounds; every "
         "pool warm (created and used once before timing, ours and the native ones); native "
         "time = its best variant."
     )
@@ -102,14 +92,8 @@ def tiny_items(n_items: int, repeat: int, n_workers: int) -> None:
             fns = dict(candidates)
             fns["builtin map"] = lambda: list(map(increment, xs))
             ours_fn = lambda n=name: um.parallel(increment, xs, backend=n)  # noqa: E731
-            if name == "joblib":  # blocks: native first, then ours, then close ours
-                medians = interleaved(fns, repeat)
-                assert ours_fn() == expected  # warm pool
-                medians["ours"] = interleaved({"ours": ours_fn}, repeat)["ours"]
-                release_joblib_backend()
-            else:
-                assert ours_fn() == expected  # warm pool
-                medians = interleaved({**fns, "ours": ours_fn}, repeat)
+            assert ours_fn() == expected  # warm pool
+            medians = interleaved({**fns, "ours": ours_fn}, repeat)
             ours, builtin = medians.pop("ours"), medians["builtin map"]
             if name != "serial":
                 del medians["builtin map"]
@@ -159,23 +143,16 @@ def cpu_bound(n_items: int, seconds: float, repeat: int, n_workers: int) -> None
     }
     names = ["threads", "multiprocessing", "futures", "joblib"]
     try:
-        for name in names[:-1]:
+        for name in names:
             assert um.parallel(spin, items, backend=name) == expected  # warm pool
         for _, run in natives.values():
             assert list(run()) == expected
         rounds = {"serial": lambda: list(map(spin, items))}
-        for name in names[:-1]:
+        for name in names:
             rounds[name] = lambda n=name: um.parallel(spin, items, backend=n)
             if name in natives:
                 rounds["native " + name] = natives[name][1]
         medians = interleaved(rounds, repeat)
-        # joblib in blocks (core bug, see release_joblib_backend), next to a serial run.
-        medians["native joblib"] = interleaved({"n": natives["joblib"][1]}, repeat)["n"]
-        assert um.parallel(spin, items, backend="joblib") == expected  # warm pool
-        medians["joblib"] = interleaved(
-            {"j": lambda: um.parallel(spin, items, backend="joblib")}, repeat
-        )["j"]
-        release_joblib_backend()
     finally:
         pool.terminate()
         pool.join()
