@@ -13,11 +13,11 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-import psutil
 import pytest
 
 import cluster_setup
 from cluster_setup.base import ClusterSetup, StartedProcess, _stop_processes
+from tests.helpers import is_alive, process_tree_pids
 
 
 @dataclass
@@ -105,33 +105,13 @@ class DaskEngine(ClusterEngine):
 ENGINES: dict[str, ClusterEngine] = {"dask": DaskEngine()}
 
 
-def process_tree_pids(pids) -> set[int]:
-    """``pids`` and all their live descendants."""
-    found = set()
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            found.add(pid)
-            found.update(child.pid for child in process.children(recursive=True))
-        except psutil.NoSuchProcess:
-            continue
-    return {pid for pid in found if _alive(pid)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _start_session_cluster(request, engine: ClusterEngine) -> RunningCluster:
     cluster = engine.start_cluster()
     pids = cluster.pids()
 
     def stop():
         engine.setup.stop(cluster.address)
-        left = [pid for pid in pids if _alive(pid)]
+        left = [pid for pid in pids if is_alive(pid)]
         assert not left, f"{engine.name} cluster processes left running: {left}"
 
     request.addfinalizer(stop)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+
+import psutil
 
 
 def run_python(code: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
@@ -16,3 +24,73 @@ def run_python(code: str, timeout: float = 120, **kwargs) -> subprocess.Complete
         timeout=timeout,
         **kwargs,
     )
+
+
+def process_tree_pids(pids) -> set[int]:
+    """``pids`` and all their live descendants."""
+    found = set()
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            found.add(pid)
+            found.update(child.pid for child in process.children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    return {pid for pid in found if is_alive(pid)}
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not count)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class BlockingScript:
+    """A child interpreter running a ``block=True`` call; its stderr is read in a thread."""
+
+    def __init__(self, code: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match.group(1) if match.groups() else line
+            assert self.process.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
+
+    def terminate_and_check(self) -> None:
+        descendants = process_tree_pids([self.process.pid]) - {self.process.pid}
+        assert descendants, "the blocking call started no process?"
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=60)
+        self._reader.join(5)
+        assert self.process.returncode == 0, "".join(self.lines)
+        assert "returned" in out  # the call returned; the script went on and ended normally
+        assert not process_tree_pids(descendants), "children left behind"
+        assert not [line for line in self.lines if "Traceback" in line], "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:  # only when a check failed: take its children too
+            for pid in process_tree_pids([self.process.pid]):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else None
+            self.process.kill()
+            self.process.wait()

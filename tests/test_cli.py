@@ -120,3 +120,54 @@ def test_python_m_unified_map_bench_runs(tmp_path):
     assert "bench" in completed.stderr  # the progress bar goes to stderr
     rows = json.loads(rows_path.read_text())
     assert len(rows) == 8 and all(row["error"] is None for row in rows)
+
+
+def _cli_script(*argv: str) -> str:
+    return (
+        "import sys\nfrom unified_map.cli import main\n"
+        f"code = main({list(argv)!r})\nprint('returned', flush=True)\nsys.exit(code)\n"
+    )
+
+
+def test_status_prints_the_workers_of_a_running_cluster(dask_cluster):
+    result = subprocess.run(
+        [sys.executable, "-m", "unified_map", "status", dask_cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"dask cluster at {dask_cluster.address}: connected" in result.stdout
+    for worker in dask_cluster.worker_addresses:
+        assert worker in result.stdout
+
+
+def test_status_of_an_unreachable_scheduler_fails_with_its_address():
+    result = subprocess.run(
+        [sys.executable, "-m", "unified_map", "status", "127.0.0.1:9", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "tcp://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scheduler_and_worker_commands_serve_until_sigterm():
+    import cluster_setup
+    from tests.helpers import BlockingScript
+
+    scheduler = BlockingScript(_cli_script("scheduler", "--address", "127.0.0.1:0"))
+    try:
+        address = scheduler.wait_for(r"scheduler at (tcp://\S+?)[,;]")
+        worker = BlockingScript(_cli_script("worker", address, "--n-workers", "2"))
+        try:
+            worker.wait_for(r"2 \S+ worker\(s\) joined")
+            with cluster_setup.dask.connect_to_scheduler(address):
+                assert len(cluster_setup.dask.report_status().workers) == 2
+            worker.terminate_and_check()  # exits 0, leaves no child behind
+        finally:
+            worker.kill()
+        scheduler.terminate_and_check()
+    finally:
+        scheduler.kill()

@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import traceback
 
@@ -32,8 +28,7 @@ from cluster_setup.errors import (
     PortInUseError,
     SchedulerUnreachableError,
 )
-from tests.cluster_fixtures import process_tree_pids
-from tests.helpers import run_python
+from tests.helpers import BlockingScript, process_tree_pids, run_python
 from unified_map.errors import RemoteTraceback
 
 MALFORMED_ADDRESSES = [
@@ -343,10 +338,10 @@ class ClusterSuite:
         assert um.parallel(abs, [-1, -2]) == [1, 2]
 
     def test_block_true_serves_until_sigterm_and_leaves_nothing(self, engine, tmp_path):
-        scheduler = _BlockingScript(engine.blocking_script("scheduler", "127.0.0.1:0"))
+        scheduler = BlockingScript(engine.blocking_script("scheduler", "127.0.0.1:0"))
         try:
             address = scheduler.wait_for(r"scheduler at (tcp://\S+?)[,;]")
-            worker = _BlockingScript(engine.blocking_script("worker", address))
+            worker = BlockingScript(engine.blocking_script("worker", address))
             try:
                 worker.wait_for(r"2 \S+ worker\(s\) joined")
                 with engine.setup.connect_to_scheduler(address):
@@ -357,52 +352,3 @@ class ClusterSuite:
             scheduler.terminate_and_check()
         finally:
             scheduler.kill()
-
-
-class _BlockingScript:
-    """A child interpreter running a ``block=True`` call; its stderr is read in a thread."""
-
-    def __init__(self, code: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match.group(1) if match.groups() else line
-            assert self.process.poll() is None, "".join(self.lines)
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
-
-    def terminate_and_check(self) -> None:
-        descendants = process_tree_pids([self.process.pid]) - {self.process.pid}
-        assert descendants, "the blocking call started no process?"
-        self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=60)
-        self._reader.join(5)
-        assert self.process.returncode == 0, "".join(self.lines)
-        assert "returned" in out  # the call returned; the script went on and ended normally
-        assert not process_tree_pids(descendants), "children left behind"
-        assert not [line for line in self.lines if "Traceback" in line], "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:  # only when a check failed: take its children too
-            for pid in process_tree_pids([self.process.pid]):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else None
-            self.process.kill()
-            self.process.wait()

@@ -1,5 +1,7 @@
 """The ``unified-map`` command: ``unified-map bench`` runs the built-in benchmark suite on every
-installed backend and prints one table per workload.
+installed backend and prints one table per workload; ``scheduler``, ``worker`` and ``status``
+start and inspect a cluster from a shell or a batch script (thin wrappers over
+:mod:`cluster_setup`).
 
 ``python -m unified_map`` with no arguments runs ``bench`` with its defaults.
 """
@@ -14,7 +16,10 @@ from collections.abc import Sequence
 
 from unified_map.backends import available_backends
 
-__all__ = ["main", "build_parser", "run_bench"]
+__all__ = ["main", "build_parser", "run_bench", "run_cluster_command"]
+
+#: Engines whose setup object lives in :mod:`cluster_setup` under the same name.
+CLUSTER_ENGINES = ("dask",)
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +89,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
     bench.add_argument("--plot", metavar="FILE", help="also save a bar chart to FILE (.png)")
+    _add_cluster_commands(commands)
     return parser
+
+
+def _add_cluster_commands(commands) -> None:
+    def engine_option(command):
+        command.add_argument(
+            "--engine", choices=CLUSTER_ENGINES, default="dask", help="cluster engine (dask)"
+        )
+
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="start a scheduler and serve until Ctrl-C or SIGTERM",
+        description="Start a scheduler on ADDRESS and serve until Ctrl-C or SIGTERM, then "
+        "shut it down cleanly (what a batch job script runs).",
+    )
+    engine_option(scheduler)
+    scheduler.add_argument(
+        "--address",
+        default="127.0.0.1:8786",
+        help="host:port to listen on (default 127.0.0.1:8786; port 0 picks a free one; "
+        "other machines can reach it only on a non-loopback host)",
+    )
+    worker = commands.add_parser(
+        "worker",
+        help="start workers that join a scheduler and serve until Ctrl-C or SIGTERM",
+        description="Start worker processes that join the scheduler at ADDRESS; serve until "
+        "Ctrl-C or SIGTERM, then leave the scheduler cleanly.",
+    )
+    engine_option(worker)
+    worker.add_argument("address", help="the scheduler's address, host:port or tcp://host:port")
+    worker.add_argument("--n-workers", type=_positive_int, default=1, metavar="N")
+    worker.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="threads per worker process (default 1)",
+    )
+    worker.add_argument("--memory", default="auto", help="memory per worker, e.g. 2GB")
+    status = commands.add_parser(
+        "status",
+        help="connect to a scheduler and print its workers",
+        description="Connect to the scheduler at ADDRESS, print its workers, cores and "
+        "memory, and disconnect.",
+    )
+    engine_option(status)
+    status.add_argument("address", help="the scheduler's address, host:port or tcp://host:port")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up connecting after this long (default 10)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +152,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:  # bare `python -m unified_map`: the project's main job
         args = parser.parse_args(["bench"])
-    return run_bench(args, parser)
+    if args.command == "bench":
+        return run_bench(args, parser)
+    return run_cluster_command(args)
+
+
+def run_cluster_command(args: argparse.Namespace) -> int:
+    """Run ``scheduler``, ``worker`` or ``status`` as ``args`` asks; returns the exit code.
+
+    ``scheduler`` and ``worker`` block until Ctrl-C or SIGTERM. A cluster error (malformed
+    address, port in use, unreachable scheduler) is printed as one line, exit status 1.
+    """
+    import cluster_setup
+    from cluster_setup.errors import ClusterSetupError
+
+    setup = getattr(cluster_setup, args.engine)
+    try:
+        if args.command == "scheduler":
+            setup.start_scheduler(args.address, block=True)
+        elif args.command == "worker":
+            setup.start_worker(
+                args.address,
+                block=True,
+                n_workers=args.n_workers,
+                threads=args.threads,
+                memory=args.memory,
+            )
+        else:
+            with setup.connect_to_scheduler(args.address, timeout=args.timeout):
+                setup.report_status()  # prints the table
+    except ClusterSetupError as exc:
+        print(f"unified-map {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
