@@ -120,3 +120,18 @@ def test_chunks_of_tiny_items_do_not_shrink_into_many_round_trips():
     sizer.observe(1000, 1000 * 1e-7)
     chunks = list(iter_chunks(iter(range(100_000)), sizer))
     assert len(chunks) == 8
+
+
+def test_abandoned_imap_is_freed_at_once_without_the_cyclic_gc():
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        results = um.imap(lambda x: x, itertools.count(), backend="threads", chunksize=10)
+        assert next(results) == 0
+        chunks = weakref.ref(results._chunks)
+        del results  # the generator's finally (which cancels the pending work) runs now
+        assert chunks() is None
+    finally:
+        gc.enable()

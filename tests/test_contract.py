@@ -152,3 +152,32 @@ def test_imap_consumer_can_stop_early_and_backend_stays_usable(backend):
     first = next(um.imap(square, itertools.count(3), backend=backend))
     assert first == 9
     assert um.parallel(square, [4], backend=backend) == [16]
+
+
+class Abort(BaseException):
+    """Not an Exception: pools that only catch Exception lose the task."""
+
+
+def abort_on_3(x):
+    if x == 3:
+        raise Abort("stop here")
+    return x
+
+
+def stop_on_3(x):
+    if x == 3:
+        raise StopIteration  # map() would take it for the end of the items
+    return x
+
+
+def test_base_exception_reaches_the_caller_with_its_note(backend):
+    with pytest.raises(Abort, match="stop here") as caught:
+        um.parallel(abort_on_3, range(8), backend=backend, chunksize=2)
+    assert "item 3 of the input: 3" in "\n".join(caught.value.__notes__)
+    assert um.parallel(abs, [-1], backend=backend) == [1]  # still usable
+
+
+def test_stop_iteration_in_func_is_an_error_not_a_silent_truncation(backend):
+    with pytest.raises(RuntimeError, match="StopIteration") as caught:
+        um.parallel(stop_on_3, range(8), backend=backend, chunksize=2)
+    assert "item 3 of the input: 3" in "\n".join(caught.value.__notes__)

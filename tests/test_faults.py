@@ -189,3 +189,17 @@ def test_joblib_backend_and_joblib_parallel_share_the_process_peacefully():
     assert Parallel(n_jobs=2)(delayed(abs)(x) for x in [-3, -4]) == [3, 4]
     assert um.parallel(abs, [-5], backend="joblib", n_workers=2) == [5]
     assert Parallel(n_jobs=2)(delayed(abs)(x) for x in [-6]) == [6]
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_unpicklable_func_or_item_is_named(name):
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError) as caught:
+        um.parallel(lambda x: (lock, x), [1, 2], backend=name)
+    assert "could not pickle func" in "\n".join(caught.value.__notes__)
+    with pytest.raises(TypeError) as caught:
+        um.parallel(id, [1, lock, 3], backend=name, chunksize=3)
+    notes = "\n".join(caught.value.__notes__)
+    assert "could not pickle item 1 of the input" in notes and "backend='threads'" in notes

@@ -47,8 +47,10 @@ def cost_key(func: Callable) -> Hashable | None:
 
     Examples
     --------
-    >>> cost_key(lambda x: x) == cost_key(lambda x: x)   # two lambdas, two code objects
-    False
+    >>> def twice(x):
+    ...     return 2 * x
+    >>> cost_key(twice) is twice.__code__
+    True
     >>> cost_key(abs) is abs
     True
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import reprlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -230,11 +231,9 @@ class _ResultIterator:
 
     def __init__(self, run: _OrderedRun):
         self._chunks = run.chunk_results()
-        self._items = self._flatten()
-
-    def _flatten(self):
-        for chunk in self._chunks:
-            yield from chunk
+        # chain, not a generator method: that would hold self in its frame, a reference cycle
+        # that keeps an abandoned imap (and its running tasks) alive until the cyclic GC runs.
+        self._items = itertools.chain.from_iterable(self._chunks)
 
     def __iter__(self):
         return self
@@ -244,7 +243,6 @@ class _ResultIterator:
 
     def close(self) -> None:
         """Stop early: withdraw the work not yet done."""
-        self._items.close()
         self._chunks.close()
 
     def drain(self) -> list:
@@ -333,12 +331,21 @@ class _OrderedRun:
                 self.exhausted = True
                 return
             start, items = chunk
-            self.pending.append(_Task(start, items, self._submit(items)))
+            self.pending.append(_Task(start, items, self._submit(start, items)))
 
-    def _submit(self, items: list) -> concurrent.futures.Future:
+    def _submit(self, start: int, items: list) -> concurrent.futures.Future:
         if self.backend.in_process:
             return self.backend.submit(run_chunk, self.func, items)
-        blob = pack(self.func, items)
+        try:
+            blob = pack(self.func, items)
+        except Exception as exc:
+            what = _unpicklable_part(self.func, items, start)
+            _add_note(
+                exc,
+                f"unified_map: could not pickle {what} to send it to backend "
+                f"{self.backend.name!r}; backend='threads' needs no pickling",
+            )
+            raise
         self.sizer.observe_bytes(len(items), len(blob))
         return self.backend.submit(run_packed, blob)
 
@@ -374,6 +381,20 @@ class _OrderedRun:
         if exc.__traceback__ is None:  # it came from another process: show the worker's side
             raise exc from RemoteTraceback(failure.traceback_text)
         raise exc
+
+
+def _unpicklable_part(func, items: list, start: int) -> str:
+    """Name what would not pickle: ``func`` itself, or the first item that does not."""
+    try:
+        pack(func, [])
+    except Exception:  # noqa: BLE001
+        return f"func {_short_repr.repr(func)}"
+    for offset, item in enumerate(items):
+        try:
+            pack(func, [item])
+        except Exception:  # noqa: BLE001
+            return f"item {start + offset} of the input ({_short_repr.repr(item)})"
+    return "the chunk"
 
 
 def _add_note(exc: BaseException, note: str) -> None:

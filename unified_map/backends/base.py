@@ -50,7 +50,7 @@ class ChunkOutcome:
     seconds: float = 0.0
 
 
-def run_chunk(func: Callable, items: Iterable) -> ChunkOutcome:
+def run_chunk(func: Callable, items: list) -> ChunkOutcome:
     """Apply ``func`` to each item, stopping at the first exception and recording it.
 
     Examples
@@ -66,8 +66,19 @@ def run_chunk(func: Callable, items: Iterable) -> ChunkOutcome:
         # extend(map(...)) is the fastest loop CPython has, and keeps the results computed
         # before an exception, so len(results) is the index of the failing item.
         results.extend(map(func, items))
-    except Exception as exc:  # noqa: BLE001 - any error of func is reported to the caller
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and the like too: a pool
+        # thread or process that let them escape would die and leave its task unfinished.
         failure = ChunkFailure(len(results), exc, traceback.format_exc())
+        return ChunkOutcome(results, failure, time.perf_counter() - start)
+    if len(results) < len(items):
+        # func raised StopIteration, which map() takes for "no more items": the rest of the
+        # chunk would vanish silently. Report it as PEP 479 does for generators.
+        failure = ChunkFailure(
+            len(results),
+            RuntimeError("func raised StopIteration"),
+            "StopIteration raised by func (reported as RuntimeError, as PEP 479 does for "
+            "generators: map() would silently drop the remaining items)\n",
+        )
         return ChunkOutcome(results, failure, time.perf_counter() - start)
     return ChunkOutcome(results, None, time.perf_counter() - start)
 
