@@ -203,3 +203,27 @@ def test_unpicklable_func_or_item_is_named(name):
         um.parallel(id, [1, lock, 3], backend=name, chunksize=3)
     notes = "\n".join(caught.value.__notes__)
     assert "could not pickle item 1 of the input" in notes and "backend='threads'" in notes
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_nested_parallel_in_a_worker_runs_serially_and_exits_cleanly(name):
+    # In a child interpreter, since the failure this guards against is a hang at exit.
+    result = run_python(
+        f"""
+        import os
+        import unified_map as um
+
+        def inner(x):
+            return (x, os.getpid())
+
+        def outer(n):
+            nested = um.parallel(inner, range(n), backend={name!r})  # explicitly nested
+            default = um.parallel(inner, range(n))                   # default backend
+            assert {{pid for _, pid in nested + default}} <= {{os.getpid()}}, "pool in worker"
+            return sum(x for x, _ in nested) + sum(x for x, _ in default)
+
+        print(um.parallel(outer, range(6), backend={name!r}, chunksize=1))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([2 * sum(range(n)) for n in range(6)])

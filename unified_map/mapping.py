@@ -14,10 +14,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from unified_map.backends import DEFAULT_LOCAL_BACKEND, discard_backend, get_backend
+from unified_map.backends import (
+    DEFAULT_LOCAL_BACKEND,
+    backend_class,
+    discard_backend,
+    get_backend,
+)
 from unified_map.backends.base import (
     Backend,
     ChunkOutcome,
+    inside_worker,
     pack,
     run_chunk,
     run_packed,
@@ -259,6 +265,10 @@ def _choose_backend(name: str | None, n_workers: int | None) -> Backend:
 
         connection = cluster_setup.active_connection()
         name = connection.backend_name if connection is not None else DEFAULT_LOCAL_BACKEND
+    if inside_worker() and backend_class(name).starts_local_processes:
+        # A map nested in a worker's task: the outer map already keeps every core busy, and
+        # pool workers cannot start pools of their own (daemonic) or hang at exit joining them.
+        name = "serial"
     return get_backend(name, n_workers)
 
 

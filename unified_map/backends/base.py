@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -88,6 +89,25 @@ def pack(func: Callable, items: list) -> bytes:
     return cloudpickle.dumps((func, items), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+_worker_state = threading.local()
+
+
+def inside_worker() -> bool:
+    """True while this thread runs a chunk for a process or cluster backend.
+
+    A map started from there (a nested ``parallel``) must not start a local process pool:
+    the outer map already uses every core, and pool workers may not have children.
+
+    Examples
+    --------
+    >>> inside_worker()
+    False
+    >>> unpack_outcome(run_packed(pack(lambda _: inside_worker(), [0]))).results
+    [True]
+    """
+    return getattr(_worker_state, "depth", 0) > 0
+
+
 def run_packed(blob: bytes) -> bytes:
     """Worker side of a packed task: unpack, run the chunk, pack the outcome.
 
@@ -97,7 +117,11 @@ def run_packed(blob: bytes) -> bytes:
     ['1', '2']
     """
     func, items = cloudpickle.loads(blob)
-    outcome = run_chunk(func, items)
+    _worker_state.depth = getattr(_worker_state, "depth", 0) + 1
+    try:
+        outcome = run_chunk(func, items)
+    finally:
+        _worker_state.depth -= 1
     if outcome.failure is not None:
         # The worker's traceback travels as text (traceback_text). Where tblib's pickling is
         # installed (distributed installs it at import) the exception would otherwise carry
@@ -188,6 +212,9 @@ class Backend:
     #: How long a chunk should compute once the cost per item is known; engines with a larger
     #: fixed cost per task raise it.
     target_chunk_seconds: float = TARGET_CHUNK_SECONDS
+    #: True for backends that start local worker processes; a map nested in a worker of a
+    #: process or cluster backend runs such a backend's work serially instead.
+    starts_local_processes: bool = False
     #: Exceptions a future raises when the engine lost a worker; reported as WorkerLostError.
     worker_lost_errors: tuple[type[BaseException], ...] = ()
 

@@ -22,6 +22,7 @@ class FuturesBackend(Backend):
     """
 
     name = "futures"
+    starts_local_processes = True
     worker_lost_errors = (BrokenProcessPool,)
 
     def __init__(self, n_workers: int | None = None):

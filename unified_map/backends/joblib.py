@@ -33,6 +33,7 @@ class JoblibBackend(Backend):
     """
 
     name = "joblib"
+    starts_local_processes = True
     worker_lost_errors = (BrokenProcessPool,)
 
     def __init__(self, n_workers: int | None = None):

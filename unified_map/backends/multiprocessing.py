@@ -77,6 +77,7 @@ class MultiprocessingBackend(PoolBackend):
     """
 
     name = "multiprocessing"
+    starts_local_processes = True
 
     def _make_pool(self):
         pool = process_context().Pool(self.n_workers)
