@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,9 @@ __all__ = ["DaskSetup", "DaskConnection", "DEFAULT_ADDRESS"]
 
 #: Dask's usual scheduler port, on this machine only.
 DEFAULT_ADDRESS = "127.0.0.1:8786"
+
+#: Seconds past ``timeout`` that a connection attempt may take to report dask's own error.
+_CONNECT_GRACE_SECONDS = 1.0
 
 _quieted = False
 
@@ -446,15 +450,46 @@ class DaskSetup(ClusterSetup):
         return status
 
     def _client(self, url: str, timeout: float):
-        """A :class:`distributed.Client` for ``url``, or a ConnectionError naming it."""
+        """A :class:`distributed.Client` for ``url``, or a ConnectionError naming it.
+
+        ``Client(timeout=...)`` does not bound every wait: something at the address that
+        accepts TCP but never answers (a stopped scheduler, an HTTP server, a bare socket)
+        keeps it waiting forever. So the client is built in a helper thread and given up on
+        after ``timeout`` seconds (plus a moment for dask's own, more precise error); a client
+        that arrives later is closed in that thread.
+        """
         distributed = import_distributed()
+        outcome: dict[str, Any] = {}
+        lock = threading.Lock()
+
+        def build():
+            try:
+                client = distributed.Client(url, timeout=timeout, set_as_default=False)
+            except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
+                with lock:
+                    outcome["error"] = exc
+                return
+            with lock:
+                late = outcome.setdefault("client", client) is not client
+            if late:  # given up on meanwhile
+                with contextlib.suppress(Exception):
+                    client.close()
+
+        thread = threading.Thread(target=build, name=f"cluster_setup connect {url}", daemon=True)
+        thread.start()
         try:
-            return distributed.Client(url, timeout=timeout, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise SchedulerUnreachableError(
-                f"no dask scheduler answered at {url} within {timeout:g} s "
-                f"(is it running, and is the address right?): {exc}"
-            ) from exc
+            thread.join(max(timeout, 0) + _CONNECT_GRACE_SECONDS)
+        finally:
+            with lock:
+                client = outcome.setdefault("client", None)
+                error = outcome.get("error")
+        if client is not None:
+            return client
+        reason = f": {error}" if error is not None else ""
+        raise SchedulerUnreachableError(
+            f"no dask scheduler answered at {url} within {timeout:g} s "
+            f"(is it running, is the address right, and is it a dask scheduler?){reason}"
+        ) from error
 
 
 def _dashboard_link(identity: dict) -> str | None:

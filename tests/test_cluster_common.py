@@ -274,6 +274,22 @@ class ClusterSuite:
             engine.setup.start_worker(address, timeout=2)
         assert len(engine.setup.started) == before
 
+    def test_silent_listener_is_unreachable_not_a_hang(self, engine):
+        # Something accepts TCP at the address but never answers (a stopped scheduler, a
+        # foreign service): the verbs must give up with our error, not wait forever.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            address = f"127.0.0.1:{silent.getsockname()[1]}"
+            before = len(engine.setup.started)
+            for verb in (engine.setup.connect_to_scheduler, engine.setup.start_worker):
+                started = time.monotonic()
+                with pytest.raises(SchedulerUnreachableError, match=re.escape(address)):
+                    verb(address, timeout=2)
+                assert time.monotonic() - started < 30  # a bound against hanging, not speed
+            assert cluster_setup.active_connection() is None
+            assert len(engine.setup.started) == before
+
     def test_missing_engine_gives_the_install_hint(self, engine):
         result = run_python(
             f"""
