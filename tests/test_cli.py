@@ -80,6 +80,54 @@ def test_unknown_names_are_refused_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_output_in_a_missing_directory_is_refused_before_any_work(option, tmp_path, capsys):
+    if option == "--plot":
+        pytest.importorskip("matplotlib")
+    path = tmp_path / "no-such-dir" / "out.file"
+    argv = ["bench", "--backends", "serial", "--workloads", "tiny", "--items", "3"]
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main([*argv, "--repeat", "1", option, str(path)])
+    assert excinfo.value.code == 2
+    out, err = capsys.readouterr()
+    assert f"cannot write {option} {path}" in err and "does not exist" in err
+    assert "Traceback" not in err
+    assert "tiny:" not in out and "Whole suite" not in out  # no workload ran
+
+
+def test_output_that_is_a_directory_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["bench", "--backends", "serial", "--json", str(tmp_path)])
+    assert excinfo.value.code == 2
+    out, err = capsys.readouterr()
+    assert "it is a directory" in err and "Whole suite" not in out
+
+
+def test_plot_without_matplotlib_is_refused_before_any_work(monkeypatch, tmp_path, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    argv = ["bench", "--backends", "serial", "--workloads", "tiny", "--items", "3"]
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main([*argv, "--repeat", "1", "--plot", str(tmp_path / "bench.png")])
+    assert excinfo.value.code == 2
+    out, err = capsys.readouterr()
+    assert "pip install unified_map[plot]" in err
+    assert "tiny:" not in out and "Whole suite" not in out
+    assert not (tmp_path / "bench.png").exists()
+
+
+def test_python_m_bench_with_a_missing_json_directory_fails_without_traceback(tmp_path):
+    path = tmp_path / "missing" / "rows.json"
+    argv = [sys.executable, "-m", "unified_map", "bench", "--backends", "serial"]
+    argv += ["--items", "2", "--repeat", "1", "--json", str(path)]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 2
+    assert "usage: unified-map" in completed.stderr and str(path) in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "Whole suite" not in completed.stdout
+
+
 def test_no_arguments_runs_the_default_bench(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "run_bench", lambda args, parser=None: seen.append(args) or 0)

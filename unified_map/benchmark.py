@@ -9,6 +9,7 @@ with the builtin ``map``; a backend that cannot run becomes a row that says why.
 
 from __future__ import annotations
 
+import cmath
 import math
 import random
 import statistics
@@ -24,7 +25,7 @@ from unified_map.backends import (
     discard_backend,
     get_backend,
 )
-from unified_map.errors import ResultMismatchError
+from unified_map.errors import ResultMismatchError, UnknownBackendError
 from unified_map.mapping import parallel
 
 __all__ = [
@@ -169,6 +170,10 @@ def benchmark(
 
     Raises
     ------
+    UnknownBackendError
+        A name in ``backends`` is not registered at all (a typo); raised before anything
+        runs, and the message lists the valid names. A registered backend that cannot run
+        (not installed, fails to start) is a row with ``error`` set instead.
     ResultMismatchError
         A backend's results differ from ``list(map(func, *iterables))``.
 
@@ -185,8 +190,9 @@ def benchmark(
     threads        2   0.0002131  7.28e-05  6.93e-05  7.62e-05    0.20x              21.9
     """
     _check_counts(repeat, warmup)
-    run = _Run(func, iterables, repeat, warmup, n_workers)
     names = default_backends() if backends is None else list(backends)
+    _check_backend_names(names)
+    run = _Run(func, iterables, repeat, warmup, n_workers)
     rows = [run.measure(name) for name in names]
     return run.result(rows)
 
@@ -203,6 +209,35 @@ def default_backends() -> list[str]:
     if connection is not None:
         return [connection.backend_name]
     return [name for name, installed in available_backends().items() if installed]
+
+
+def _check_backend_names(names: Iterable[str]) -> None:
+    """Raise :class:`~unified_map.UnknownBackendError` if any of ``names`` is not registered.
+
+    Only the names are checked: a registered backend whose engine is not installed passes.
+
+    Examples
+    --------
+    >>> _check_backend_names(["serial", "threads"])
+    >>> _check_backend_names(["serial", "thread"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    unified_map.errors.UnknownBackendError: unknown backend 'thread'; valid backends are: ...
+    """
+    known = available_backends()
+    unknown = []
+    for name in names:
+        try:
+            registered = name in known
+        except TypeError:  # unhashable
+            registered = False
+        if not registered:
+            unknown.append(name)
+    if unknown:
+        valid = ", ".join(repr(name) for name in sorted(known))
+        which = ", ".join(repr(name) for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise UnknownBackendError(f"unknown backend{plural} {which}; valid backends are: {valid}")
 
 
 def _active_connection():
@@ -286,7 +321,7 @@ class _Run:
         for index, (got, want) in enumerate(zip(results, self.expected, strict=True)):
             if not _equal(got, want):
                 raise ResultMismatchError(
-                    f"backend {name!r} differs from serial at item {index}: "
+                    f"backend {name!r} differs from the builtin map at item {index}: "
                     f"got {_short(got)}, expected {_short(want)}"
                 )
 
@@ -326,11 +361,14 @@ def _short(value) -> str:
 
 def _equal(got, want) -> bool:
     """``got == want``, also for numpy arrays (elementwise ``==`` has no truth value), NaN
-    (equal to itself here: serial and parallel NaNs are the same result) and containers."""
+    (equal to itself here: serial and parallel NaNs are the same result; real and complex)
+    and containers (lists, tuples, dicts, sets and frozensets, NaNs inside included)."""
     if got is want:
         return True
     if isinstance(want, (list, tuple)):
         return type(got) is type(want) and len(got) == len(want) and all(map(_equal, got, want))
+    if isinstance(want, (set, frozenset)):
+        return type(got) is type(want) and _sets_equal(got, want)
     if isinstance(want, dict):
         return (
             isinstance(got, dict)
@@ -339,6 +377,10 @@ def _equal(got, want) -> bool:
         )
     if isinstance(want, float) and math.isnan(want):
         return isinstance(got, float) and math.isnan(got)
+    if isinstance(want, complex) and cmath.isnan(want):
+        return (
+            isinstance(got, complex) and _equal(got.real, want.real) and _equal(got.imag, want.imag)
+        )
     if hasattr(want, "__array__") and hasattr(want, "dtype"):
         import numpy  # only reached when results are arrays, so numpy is there
 
@@ -352,6 +394,28 @@ def _equal(got, want) -> bool:
         return bool(got == want)
     except (ValueError, TypeError):
         return False
+
+
+def _sets_equal(got, want) -> bool:
+    """Set equality where an element with no equal by ``==`` (a NaN, a tuple holding one) may
+    still be matched, one to one, with an element :func:`_equal` to it."""
+    if len(got) != len(want):
+        return False
+    try:
+        if got == want:
+            return True
+        missing = [w for w in want if w not in got]
+        extra = [g for g in got if g not in want]
+    except (ValueError, TypeError):
+        return False
+    if len(missing) != len(extra):
+        return False
+    for w in missing:
+        match = next((i for i, g in enumerate(extra) if _equal(g, w)), None)
+        if match is None:
+            return False
+        del extra[match]
+    return True
 
 
 _COLUMNS = [

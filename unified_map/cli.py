@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from unified_map.backends import available_backends
 
@@ -211,6 +213,18 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         if missing:
             return fail(f"unknown workload(s) {', '.join(missing)}; valid: {', '.join(by_name)}")
         suite = [by_name[name] for name in args.workloads]
+    # Refuse unusable output files now, not after minutes of measuring.
+    for option, path in [("--json", args.json), ("--plot", args.plot)]:
+        problem = _unwritable(path) if path else None
+        if problem:
+            return fail(f"cannot write {option} {path}: {problem}")
+    if args.plot:
+        from unified_map.benchmark import PLOT_INSTALL_HINT
+
+        try:
+            import matplotlib.figure  # noqa: F401 - what plot_results needs
+        except ImportError:
+            return fail(f"--plot needs matplotlib: {PLOT_INSTALL_HINT}")
     warmup = 1
     _check_counts(args.repeat, warmup)
 
@@ -268,6 +282,22 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         plot_results(results, args.plot)
         print(f"Plot saved to {args.plot}")
     return 0
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a file cannot be created at ``path``, or ``None`` when it looks writable."""
+    target = Path(path)
+    if target.is_dir():
+        return "it is a directory"
+    parent = target.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        return f"directory {str(parent)!r} {what}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {str(parent)!r} is not writable"
+    if target.exists() and not os.access(target, os.W_OK):
+        return "the file is not writable"
+    return None
 
 
 if __name__ == "__main__":
