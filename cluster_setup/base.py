@@ -218,6 +218,9 @@ class StartedProcess:
     command: list[str]
     log_path: str | None = None
     names: list[str] = field(default_factory=list)
+    #: For a ``block=True`` process started from the main thread: the SIGTERM watch that
+    #: covers its start-up and serving.
+    watch: _SigtermWatch | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -377,8 +380,50 @@ class ClusterConnection:
         return f"<{type(self).__name__} {self.address} {state}>"
 
 
-class _StopServing(Exception):
-    """Raised in the main thread by the SIGTERM handler while a ``block=True`` call serves."""
+class _SigtermWatch:
+    """Notes SIGTERM in a flag from before a ``block=True`` process is spawned until it has
+    been served and stopped, so that a SIGTERM during start-up stops it too (main thread
+    only: Python handles signals there)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> _SigtermWatch | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._previous = signal.signal(signal.SIGTERM, self._note)
+        self._installed = True
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        if self._installed:
+            self._installed = False
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM handler installed once background processes run: exit through ``SystemExit``
+    so that the interpreter's exit handlers stop them (the default action kills at once)."""
+    raise SystemExit(128 + signum)
+
+
+_sigterm_exit_installed = False
+
+
+def _install_exit_on_sigterm() -> None:
+    """Replace the default SIGTERM action by :func:`_exit_on_sigterm`, once, from the main
+    thread, and only if nobody installed a handler of their own."""
+    global _sigterm_exit_installed
+    if _sigterm_exit_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _sigterm_exit_installed = True
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 # Every setup, so that background processes are stopped when the interpreter exits.
@@ -394,7 +439,12 @@ class ClusterSetup:
     their own.
 
     Processes started with ``block=False`` run in the background until :meth:`stop` or until
-    this interpreter exits, whichever comes first.
+    this interpreter exits, whichever comes first. So that a SIGTERM to the script (a batch
+    system ending the job, ``kill``) stops them too, the first background process started
+    from the main thread replaces SIGTERM's default action, if it still has it, by a handler
+    that raises ``SystemExit(128 + SIGTERM)``: the interpreter exits as it would have, with
+    code 143, but its exit handlers run first and stop what was started. A SIGTERM handler
+    of your own is left alone (call :meth:`stop` from it).
 
     Attributes
     ----------
@@ -516,16 +566,25 @@ class ClusterSetup:
         paths = [p for p in sys.path if p] + env.get("PYTHONPATH", "").split(os.pathsep)
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         log_path = None if block else self._new_file(f"{role}-", ".log")
-        with open(log_path or os.devnull, "ab") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log if log_path else None,
-                stderr=subprocess.STDOUT if log_path else None,
-                env=env,
-                start_new_session=True,
-            )
-        record = StartedProcess(role, address, popen, command, log_path, names or [])
+        # Watch for SIGTERM before the process exists: one during start-up must stop it too.
+        watch = _SigtermWatch().install() if block else None
+        if not block:
+            _install_exit_on_sigterm()
+        try:
+            with open(log_path or os.devnull, "ab") as log:
+                popen = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log if log_path else None,
+                    stderr=subprocess.STDOUT if log_path else None,
+                    env=env,
+                    start_new_session=True,
+                )
+        except BaseException:
+            if watch is not None:
+                watch.restore()
+            raise
+        record = StartedProcess(role, address, popen, command, log_path, names or [], watch)
         with self._lock:
             self._started.append(record)
         return record
@@ -538,9 +597,32 @@ class ClusterSetup:
         what: str,
     ) -> T:
         """Poll ``ready()`` until it returns something other than None; on timeout or if the
-        process exits first, stop it and raise an error that ends with its log."""
+        process exits first, stop it and raise an error that ends with its log.
+
+        Whatever interrupts the wait (Ctrl-C, an error) stops the process first. A SIGTERM
+        received while a ``block=True`` process starts stops it and exits with
+        ``SystemExit(128 + SIGTERM)``: there is nothing to serve and no address to return.
+        """
+        try:
+            return self._poll_until(record, ready, timeout, what)
+        except BaseException:
+            self._forget(record)
+            _stop_processes([record])
+            if record.watch is not None:
+                record.watch.restore()
+            raise
+
+    def _poll_until(
+        self,
+        record: StartedProcess,
+        ready: Callable[[], T | None],
+        timeout: float,
+        what: str,
+    ) -> T:
         deadline = time.monotonic() + timeout
         while True:
+            if record.watch is not None and record.watch.received is not None:
+                raise SystemExit(128 + record.watch.received)
             value = ready()
             if value is not None:
                 return value
@@ -571,28 +653,27 @@ class ClusterSetup:
     def _serve(self, records: list[StartedProcess], banner: str) -> None:
         """Occupy the interpreter until the processes exit, Ctrl-C or SIGTERM; then stop them.
 
-        This is ``block=True``: what a job script wants. Signals are handled only from the main
+        This is ``block=True``: what a job script wants. SIGTERM is watched from before the
+        processes were spawned (see :meth:`_spawn`). Signals are handled only from the main
         thread (Python's rule); from another thread the call just waits.
         """
-        print(banner, file=sys.stderr, flush=True)
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = {}
-
-        def on_signal(signum, frame):
-            raise _StopServing(signum)
-
-        if in_main:
-            previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,)}
+        watches = [record.watch for record in records if record.watch is not None]
         try:
-            while all(record.running for record in records):
+            print(banner, file=sys.stderr, flush=True)
+            while all(record.running for record in records) and not any(
+                watch.received is not None for watch in watches
+            ):
                 time.sleep(0.2)
-        except (KeyboardInterrupt, _StopServing):
+        except KeyboardInterrupt:
             pass
         finally:
+            in_main = threading.current_thread() is threading.main_thread()
+            previous = {}
             if in_main:  # a second signal must not cut the clean shutdown short
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    previous.setdefault(sig, signal.getsignal(sig))
-                    signal.signal(sig, signal.SIG_IGN)
+                previous = {
+                    sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGTERM, signal.SIGINT)
+                }
             try:
                 with self._lock:
                     self._started = [r for r in self._started if r not in records]
@@ -600,6 +681,8 @@ class ClusterSetup:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                for watch in reversed(watches):
+                    watch.restore()
 
 
 def _indent(text: str) -> str:
@@ -669,6 +752,11 @@ def _group_alive(pgid: int) -> bool:
 @atexit.register
 def _stop_everything_at_exit() -> None:
     """Disconnect and stop what this interpreter started in the background."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm
+    ):  # a second SIGTERM must not cut the clean shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     active = cluster_setup.active_connection()
     if active is not None:
         with contextlib.suppress(Exception):
@@ -681,7 +769,13 @@ def _stop_everything_at_exit() -> None:
 
 
 def _forget_in_child() -> None:
-    # A forked child (a process-pool worker) must never stop the parent's cluster at its exit.
+    # A forked child (a process-pool worker) must never stop the parent's cluster at its exit,
+    # and dies of SIGTERM as it would have without us.
+    global _sigterm_exit_installed
+    _sigterm_exit_installed = False
+    if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for setup in list(_setups):
         setup._started = []
         setup._log_dir = None

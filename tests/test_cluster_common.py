@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 import traceback
 
@@ -57,6 +60,44 @@ def listening_sockets(pids) -> list[tuple[int, str, int]]:
                 if conn.status == psutil.CONN_LISTEN:
                     found.append((pid, conn.laddr.ip, conn.laddr.port))
     return found
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sigterm_script_and_check(code: str, when) -> int:
+    """Run ``code`` in a child interpreter, SIGTERM it once ``when(process, descendants)`` is
+    true, and check that it exits and leaves no descendant running; return its exit code.
+    Whatever is left is killed, even when a check fails."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not when(process, seen):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the script never got to the point of the test"
+            seen |= process_tree_pids([process.pid]) - {process.pid}
+            time.sleep(0.01)
+        seen |= process_tree_pids([process.pid]) - {process.pid}
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+        time.sleep(0.5)  # reparented children would still be running by now
+        assert seen, "the script started no process?"
+        assert not process_tree_pids(seen), f"processes left running after SIGTERM:\n{out}"
+        return process.returncode
+    finally:
+        for pid in process_tree_pids(seen):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def own_pid(_):
@@ -352,6 +393,26 @@ class ClusterSuite:
         assert received == [2 * x for x in range(300)]
         assert not process_tree_pids([extra.pid])
         assert um.parallel(abs, [-1, -2]) == [1, 2]
+
+    def test_sigterm_while_a_block_true_call_starts_leaves_nothing(self, engine):
+        # SIGTERM as soon as the scheduler process exists, before it is ready.
+        code = engine.blocking_script("scheduler", "127.0.0.1:0")
+        returncode = sigterm_script_and_check(code, lambda process, seen: bool(seen))
+        assert returncode in (0, 128 + signal.SIGTERM)
+
+    def test_sigterm_to_a_script_stops_its_background_processes(self, engine):
+        code = (
+            "import time\n"
+            "from tests.cluster_fixtures import ENGINES\n"
+            f"ENGINES[{engine.name!r}].start_cluster(n_workers=1)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n"
+        )
+
+        def ready(process, seen):
+            return bool(seen) and "ready" in process.stdout.readline()
+
+        assert sigterm_script_and_check(code, ready) == 128 + signal.SIGTERM
 
     def test_block_true_serves_until_sigterm_and_leaves_nothing(self, engine, tmp_path):
         scheduler = BlockingScript(engine.blocking_script("scheduler", "127.0.0.1:0"))
