@@ -90,18 +90,72 @@ class DaskConnection(ClusterConnection):
         self.client = client
         self._threads = (0.0, 0)
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the client is connected to its scheduler right now (False while it
+        reconnects after losing it, and once it gave up)."""
+        return self.client.status == "running"
+
+    def lost(self, cause: BaseException | None = None) -> SchedulerUnreachableError:
+        """The error to raise when the scheduler cannot be reached, naming its address."""
+        reason = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        return SchedulerUnreachableError(
+            f"lost the connection to the dask scheduler at {self.address}: it does not answer "
+            f"(client {self.client.status}){reason}"
+        )
+
+    def call(self, method, *args: Any, **kwargs: Any) -> Any:
+        """Call a method of :attr:`client`; a lost scheduler raises
+        :class:`SchedulerUnreachableError` naming its address rather than dask's errors."""
+        if not self.reachable:
+            raise self.lost()
+        try:
+            return method(*args, **kwargs)
+        except (OSError, TimeoutError, RuntimeError) as exc:
+            if isinstance(exc, SchedulerUnreachableError):
+                raise
+            if isinstance(exc, (OSError, TimeoutError)) or not self.reachable:
+                raise self.lost(exc) from exc
+            raise
+
     def total_threads(self, max_age: float = 1.0) -> int:
         """The number of worker threads in the cluster, asked of the scheduler at most once
-        per ``max_age`` seconds (a map reads it often)."""
+        per ``max_age`` seconds (a map reads it often).
+
+        Raises
+        ------
+        SchedulerUnreachableError
+            The scheduler does not answer.
+        """
         checked_at, threads = self._threads
         if time.monotonic() - checked_at > max_age:
-            threads = sum(self.client.nthreads().values())
+            threads = sum(self.call(self.client.nthreads).values())
             self._threads = (time.monotonic(), threads)
         return threads
 
     def _close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+        # A client whose scheduler is gone waits out its timeout to close, and would try
+        # again (and complain) when collected: close it once, briefly, and for good.
+        if self.reachable:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            return
+        # Closing cancels its attempts to reconnect, which dask logs as an error.
+        quiet = logging.getLogger("distributed.client")
+        muted = _Mute()
+        quiet.addFilter(muted)
+        try:
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=1)
+        finally:
+            quiet.removeFilter(muted)
+
+
+class _Mute(logging.Filter):
+    """Drops every record of the logger it is added to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 class DaskSetup(ClusterSetup):
@@ -390,7 +444,9 @@ class DaskSetup(ClusterSetup):
         """Print a summary of the connected cluster and return it.
 
         When no dask connection is active, the summary says so (and lists any scheduler or
-        worker this object started) instead of raising.
+        worker this object started) instead of raising. When the connected scheduler does not
+        answer (it died, or the network is down), ``connected`` is False, ``problem`` says
+        why, and the summary reads "scheduler unreachable".
 
         Returns
         -------
@@ -418,15 +474,22 @@ class DaskSetup(ClusterSetup):
         """
         started = [(r.role, r.pid, r.address) for r in self.started]
         connection = self.connection
+        identity: dict = {}
+        problem = None
+        if connection is not None:
+            try:
+                identity = connection.call(connection.client.scheduler_info, n_workers=-1)
+                if not isinstance(identity, dict) or "workers" not in identity:
+                    raise connection.lost()
+            except SchedulerUnreachableError as exc:
+                problem = str(exc)
         if connection is None:
             status = ClusterStatus(self.engine, None, False, started=started)
+        elif problem is not None:
+            status = ClusterStatus(
+                self.engine, connection.address, False, started=started, problem=problem
+            )
         else:
-            try:
-                identity = connection.client.scheduler_info(n_workers=-1)
-            except OSError as exc:
-                raise SchedulerUnreachableError(
-                    f"lost the connection to the dask scheduler at {connection.address}: {exc}"
-                ) from exc
             workers = [
                 WorkerInfo(
                     address=addr,

@@ -267,6 +267,8 @@ class ClusterStatus:
     dashboard_link: str | None = None
     #: ``(role, pid, scheduler address)`` of the processes this setup started and still runs.
     started: list[tuple[str, int, str]] = field(default_factory=list)
+    #: Why a connection exists but is not connected (the scheduler does not answer), if so.
+    problem: str | None = None
 
     @property
     def total_cores(self) -> int:
@@ -281,6 +283,10 @@ class ClusterStatus:
     def __str__(self) -> str:
         if self.connected:
             lines = [f"{self.engine} cluster at {self.scheduler_address}: connected"]
+        elif self.scheduler_address:
+            lines = [f"{self.engine} cluster at {self.scheduler_address}: scheduler unreachable"]
+            if self.problem:
+                lines.append(self.problem)
         else:
             lines = [
                 f"{self.engine}: not connected "

@@ -414,6 +414,30 @@ class ClusterSuite:
 
         assert sigterm_script_and_check(code, ready) == 128 + signal.SIGTERM
 
+    def test_dead_scheduler_is_reported_and_raised_as_unreachable(self, engine, capsys):
+        private = engine.start_cluster(n_workers=1)  # not the session's: this one dies
+        pids = private.pids()
+        try:
+            with engine.setup.connect_to_scheduler(private.address, timeout=30):
+                assert um.parallel(abs, [-1, -2]) == [1, 2]
+                for record in private.processes:  # a crash of the whole cluster
+                    os.killpg(record.pid, signal.SIGKILL)
+                    record.popen.wait()
+                capsys.readouterr()
+                status = engine.setup.report_status()
+                printed = capsys.readouterr().out
+                assert not status.connected and status.scheduler_address == private.address
+                assert f"{private.address}: scheduler unreachable" in printed
+                with pytest.raises(SchedulerUnreachableError, match=re.escape(private.address)):
+                    um.parallel(abs, range(10))
+        finally:
+            engine.setup.stop(private.address)
+            for pid in process_tree_pids(pids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        assert cluster_setup.active_connection() is None
+        assert not process_tree_pids(pids)
+
     def test_block_true_serves_until_sigterm_and_leaves_nothing(self, engine, tmp_path):
         scheduler = BlockingScript(engine.blocking_script("scheduler", "127.0.0.1:0"))
         try:

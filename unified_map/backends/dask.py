@@ -32,9 +32,10 @@ class DaskFuture(concurrent.futures.Future):
     other on a callback thread. Cancelling this future cancels the dask task too.
     """
 
-    def __init__(self, client, dask_future):
+    def __init__(self, client, dask_future, connection: DaskConnection | None = None):
         super().__init__()
         self.dask_future = dask_future
+        self._connection = connection
         asyncio.run_coroutine_threadsafe(self._settle(client, dask_future), _asyncio_loop(client))
 
     def cancel(self) -> bool:
@@ -53,6 +54,14 @@ class DaskFuture(concurrent.futures.Future):
                 f"scheduler ({exc!r})"
             )
             self._deliver(self.set_exception, outcome)
+        except (OSError, TimeoutError, RuntimeError) as exc:
+            connection = self._connection
+            if connection is not None and not connection.reachable:  # dask's, not the task's
+                outcome = connection.lost(exc)
+                outcome.__cause__ = exc
+                self._deliver(self.set_exception, outcome)
+            else:
+                self._deliver(self.set_exception, exc)
         except BaseException as exc:  # noqa: BLE001 - the task failed: the caller sees why
             self._deliver(self.set_exception, exc)
         else:
@@ -123,9 +132,11 @@ class DaskBackend(Backend):
         self._local_workers = value
 
     def submit(self, fn, *args):
-        client = self._client()
+        connection = self._connection()
+        client = connection.client
         # pure=False: every chunk is a new task even if its bytes equal an earlier chunk's.
-        return DaskFuture(client, client.submit(fn, *args, pure=False))
+        remote = connection.call(client.submit, fn, *args, pure=False)
+        return DaskFuture(client, remote, connection)
 
     def cancel(self, futures) -> None:
         """Cancel the dask tasks behind ``futures`` with one message per client."""
@@ -146,9 +157,7 @@ class DaskBackend(Backend):
         """Raise a ConnectionError if the client lost its scheduler while a map waits."""
         connection = self._active_connection() or self._local
         if connection is not None and connection.client.status in ("closing", "closed"):
-            raise SchedulerUnreachableError(
-                f"lost the connection to the dask scheduler at {connection.address}"
-            )
+            raise connection.lost()
 
     def close(self) -> None:
         """Stop the local cluster, if this backend started one."""
@@ -169,14 +178,14 @@ class DaskBackend(Backend):
             return connection
         return None
 
-    def _client(self):
+    def _connection(self) -> DaskConnection:
         connection = self._active_connection()
         if connection is not None:
-            return connection.client
+            return connection
         with self._local_lock:
             if self._local is None:
                 self._local = self._start_local_cluster()
-            return self._local.client
+            return self._local
 
     def _start_local_cluster(self) -> DaskConnection:
         setup = DaskSetup()
