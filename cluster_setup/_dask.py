@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 from cluster_setup.base import (
+    Address,
     ClusterConnection,
     ClusterSetup,
     ClusterStatus,
@@ -217,7 +218,8 @@ class DaskSetup(ClusterSetup):
         Raises
         ------
         InvalidAddressError
-            ``address`` is malformed (a ``ValueError``).
+            ``address`` is malformed, or an IPv6 address (a ``ValueError``): dask's command
+            line cannot start a scheduler on one.
         PortInUseError
             The port is taken (an ``OSError``), raised before anything starts.
         ClusterStartError, ClusterStartTimeoutError
@@ -233,7 +235,7 @@ class DaskSetup(ClusterSetup):
         True
         >>> dask.stop(address)
         """
-        where = parse_address(address)
+        where = _ipv4_or_name(parse_address(address), address)
         import_distributed()  # the install hint before anything starts
         check_port_free(where.host, where.port)
         scheduler_file = self._new_file("scheduler-", ".json")
@@ -328,6 +330,9 @@ class DaskSetup(ClusterSetup):
 
         Raises
         ------
+        InvalidAddressError
+            ``address`` is malformed, or it or ``host`` is an IPv6 address (a
+            ``ValueError``): dask's command line cannot start a worker on one.
         SchedulerUnreachableError
             No scheduler answered at ``address`` within ``timeout`` (a ``ConnectionError``).
         ClusterStartError, ClusterStartTimeoutError
@@ -341,7 +346,9 @@ class DaskSetup(ClusterSetup):
         ['tcp://127.0.0.1:...']
         >>> dask.stop(address)
         """
-        where = parse_address(address)
+        where = _ipv4_or_name(parse_address(address), address)
+        if host is not None and ":" in host:
+            raise InvalidAddressError(_IPV6_REFUSED.format(given=host))
         if where.port == 0:
             raise InvalidAddressError(f"a scheduler address needs its real port, got {address!r}")
         for label, value in (("n_workers", n_workers), ("threads", threads)):
@@ -553,6 +560,30 @@ class DaskSetup(ClusterSetup):
             f"no dask scheduler answered at {url} within {timeout:g} s "
             f"(is it running, is the address right, and is it a dask scheduler?){reason}"
         ) from error
+
+
+def _ipv4_or_name(where: Address, given: str) -> Address:
+    """``where``, unless its host is an IPv6 address: dask's command line splits its
+    ``--dashboard-address`` on ``:`` and fails on those, so they are refused up front.
+
+    Examples
+    --------
+    >>> _ipv4_or_name(parse_address("127.0.0.1:0"), "127.0.0.1:0").host
+    '127.0.0.1'
+    >>> _ipv4_or_name(parse_address("[::1]:0"), "[::1]:0")
+    Traceback (most recent call last):
+    ...
+    cluster_setup.errors.InvalidAddressError: cannot start dask on the IPv6 address '[::1]:0': ...
+    """
+    if ":" in where.host:
+        raise InvalidAddressError(_IPV6_REFUSED.format(given=given))
+    return where
+
+
+_IPV6_REFUSED = (
+    "cannot start dask on the IPv6 address {given!r}: dask's command line supports IPv4 "
+    "addresses and host names only (for example '127.0.0.1:0')"
+)
 
 
 def _dashboard_link(identity: dict) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 
 import cluster_setup
 import unified_map as um
+from cluster_setup.errors import InvalidAddressError
 from tests.cluster_fixtures import ENGINES, process_tree_pids
 from tests.test_cluster_common import ClusterSuite
 from unified_map.backends import get_backend
@@ -94,3 +95,21 @@ def test_stopping_early_cancels_the_remote_tasks(dask_connection):
     while client.run_on_scheduler(n_tasks) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert client.run_on_scheduler(n_tasks) == 0
+
+
+@pytest.mark.parametrize("address", ["[::1]:0", "tcp://[::1]:8786"])
+def test_ipv6_addresses_are_refused_up_front(address):
+    setup = cluster_setup.dask
+    before = len(setup.started)
+    with pytest.raises(InvalidAddressError, match=r"IPv6 address .*IPv4 addresses"):
+        setup.start_scheduler(address, dashboard_port=None)
+    with pytest.raises(InvalidAddressError, match=r"IPv6 address"):
+        setup.start_worker(address.replace(":0", ":8786"))
+    assert len(setup.started) == before
+
+
+def test_ipv6_worker_host_is_refused_up_front(dask_cluster):
+    before = len(cluster_setup.dask.started)
+    with pytest.raises(InvalidAddressError, match=r"IPv6 address '::1'"):
+        cluster_setup.dask.start_worker(dask_cluster.address, host="::1")
+    assert len(cluster_setup.dask.started) == before
