@@ -59,7 +59,7 @@ _ADDRESS_FORM = (
     "'host:port' or 'tcp://host:port' (for example '127.0.0.1:8786'; port 0 picks a free one)"
 )
 _ADDRESS_RE = re.compile(
-    r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d+)/?$"
+    r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<host>\[[^\]]*\]|[^:/\s\[\]]+):(?P<port>[0-9]+)/?\Z"
 )
 
 
@@ -112,16 +112,43 @@ def parse_address(address: str, *, schemes: tuple[str, ...] = ("tcp",)) -> Addre
     Address(scheme='tcp', host='127.0.0.1', port=8786)
     >>> parse_address("tcp://node7:0").url
     'tcp://node7:0'
+    >>> parse_address("[::1]:8786").host
+    '[::1]'
     >>> parse_address("node7")
     Traceback (most recent call last):
     ...
     cluster_setup.errors.InvalidAddressError: invalid address 'node7': expected 'host:port' ...
+
+    The port is ASCII digits, and a host in brackets must be an IPv6 address:
+
+    >>> for bad in ["127.0.0.1:\uff18\uff17", "[]:1", "[not-ip]:1", "[127.0.0.1]:1"]:
+    ...     try:
+    ...         parse_address(bad)
+    ...     except ValueError:
+    ...         print("refused", ascii(bad))
+    refused '127.0.0.1:\uff18\uff17'
+    refused '[]:1'
+    refused '[not-ip]:1'
+    refused '[127.0.0.1]:1'
     """
     match = _ADDRESS_RE.match(address.strip()) if isinstance(address, str) else None
     scheme = (match and match["scheme"]) or schemes[0]
-    if match is None or scheme not in schemes or int(match["port"]) > 65535:
+    if (
+        match is None
+        or scheme not in schemes
+        or int(match["port"]) > 65535
+        or (match["host"].startswith("[") and not _is_ipv6(match["host"][1:-1]))
+    ):
         raise InvalidAddressError(f"invalid address {address!r}: expected {_ADDRESS_FORM}")
     return Address(scheme, match["host"], int(match["port"]))
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

@@ -42,6 +42,11 @@ MALFORMED_ADDRESSES = [
     "127.0.0.1:99999",
     "",
     "tcp://:8786",
+    "127.0.0.1:\uff18\uff17\uff18\uff16",  # full-width digits are not a port
+    "[]:1",
+    "[not-ip]:1",
+    "[127.0.0.1]:1",  # brackets are for IPv6 only
+    "::1:8786",  # IPv6 needs its brackets
 ]
 
 
@@ -128,6 +133,8 @@ def test_address_forms():
     assert parse_address("10.1.2.3:8786").url == "tcp://10.1.2.3:8786"
     assert parse_address("tcp://node-7.cluster:0") == parse_address("node-7.cluster:0")
     assert parse_address(" 127.0.0.1:1 ").is_loopback
+    assert parse_address("tcp://[::1]:8786").host == "[::1]"
+    assert parse_address("[::1]:0").is_loopback
 
 
 def test_error_types_subclass_the_builtins_that_fit():
