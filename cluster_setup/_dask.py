@@ -10,6 +10,7 @@ crashed caller until stopped, and is shut down with the engine's own SIGTERM han
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -534,6 +535,9 @@ class DaskSetup(ClusterSetup):
 
         def build():
             try:
+                # Something that is not a dask scheduler leaves a half-made Client that hangs
+                # and complains when collected: make sure one answers before making it.
+                asyncio.run(asyncio.wait_for(_probe_scheduler(url, timeout), timeout))
                 client = distributed.Client(url, timeout=timeout, set_as_default=False)
             except BaseException as exc:  # noqa: BLE001 - reported by the waiting thread
                 with lock:
@@ -555,11 +559,26 @@ class DaskSetup(ClusterSetup):
                 error = outcome.get("error")
         if client is not None:
             return client
-        reason = f": {error}" if error is not None else ""
+        reason = f": {str(error) or type(error).__name__}" if error is not None else ""
         raise SchedulerUnreachableError(
             f"no dask scheduler answered at {url} within {timeout:g} s "
             f"(is it running, is the address right, and is it a dask scheduler?){reason}"
         ) from error
+
+
+async def _probe_scheduler(url: str, timeout: float) -> None:
+    """Connect to ``url`` with dask's own protocol and check that a scheduler answers."""
+    from distributed.comm import connect
+
+    comm = await connect(url, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        identity = await comm.read()
+    finally:
+        comm.abort()
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        kind = identity.get("type") if isinstance(identity, dict) else type(identity).__name__
+        raise ConnectionError(f"it is not a dask scheduler (it answered as {kind!r})")
 
 
 def _ipv4_or_name(where: Address, given: str) -> Address:

@@ -12,6 +12,7 @@ import cluster_setup
 import unified_map as um
 from cluster_setup.errors import InvalidAddressError
 from tests.cluster_fixtures import ENGINES, process_tree_pids
+from tests.helpers import run_python
 from tests.test_cluster_common import ClusterSuite
 from unified_map.backends import get_backend
 from unified_map.backends.base import pack, run_packed, unpack_outcome
@@ -113,3 +114,36 @@ def test_ipv6_worker_host_is_refused_up_front(dask_cluster):
     with pytest.raises(InvalidAddressError, match=r"IPv6 address '::1'"):
         cluster_setup.dask.start_worker(dask_cluster.address, host="::1")
     assert len(cluster_setup.dask.started) == before
+
+
+def test_a_foreign_service_is_unreachable_and_leaves_no_noise_at_exit():
+    # A service that answers in another protocol and keeps the connection open (dask reads
+    # "HTTP/1.1" as the length of a frame of exabytes).
+    result = run_python(
+        """
+        import socket, threading
+        from cluster_setup import dask
+        from cluster_setup.errors import SchedulerUnreachableError
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        kept = []
+
+        def answer():
+            while True:
+                connection, _ = server.accept()
+                connection.sendall(b"HTTP/1.1 400 Bad Request\\r\\n\\r\\n")
+                kept.append(connection)
+
+        threading.Thread(target=answer, daemon=True).start()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        try:
+            dask.connect_to_scheduler(address, timeout=2)
+        except SchedulerUnreachableError as exc:
+            print("unreachable", address in str(exc))
+        """,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "unreachable True", result.stdout + result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
