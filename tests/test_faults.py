@@ -227,3 +227,23 @@ def test_nested_parallel_in_a_worker_runs_serially_and_exits_cleanly(name):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str([2 * sum(range(n)) for n in range(6)])
+
+
+def test_worker_that_died_while_idle_does_not_fail_the_next_map():
+    import time as clock
+
+    pool_pids = set(
+        um.parallel(
+            lambda _: os.getpid(), range(20), backend="multiprocessing", n_workers=2, chunksize=1
+        )
+    )
+    os.kill(next(iter(pool_pids)), signal.SIGKILL)  # a worker of our own warm pool, idle
+    clock.sleep(0.5)  # multiprocessing replaces it meanwhile
+    slow = um.parallel(
+        lambda x: clock.sleep(0.6) or x,
+        range(4),
+        backend="multiprocessing",
+        n_workers=2,
+        chunksize=1,
+    )
+    assert slow == [0, 1, 2, 3]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import sys
+import threading
 
 from unified_map.backends.base import Backend
 from unified_map.errors import WorkerLostError
@@ -81,13 +82,35 @@ class MultiprocessingBackend(PoolBackend):
 
     def _make_pool(self):
         pool = process_context().Pool(self.n_workers)
-        # The pool's own list of Process objects: the only way to see a worker die.
-        self._workers = list(pool._pool)
+        # The pool's own list of Process objects (private, but the only way to see a worker
+        # die); watched while tasks of ours are outstanding.
+        self._watched = set(pool._pool)
+        self._outstanding = 0
+        self._count_lock = threading.Lock()
         return pool
+
+    def submit(self, fn, *args):
+        with self._count_lock:
+            if self._outstanding == 0 and any(w.exitcode is not None for w in self._watched):
+                # A worker died while idle (OOM killer, a stray kill). No task was lost, but an
+                # idle worker waits holding the pool's shared queue lock: if it died holding
+                # it, every other worker is stuck for good. Start a fresh pool before use.
+                self._pool.terminate()
+                self._pool.join()
+                self._pool = self._make_pool()
+            self._outstanding += 1
+        future = super().submit(fn, *args)
+        future.add_done_callback(self._task_done)
+        return future
+
+    def _task_done(self, _future) -> None:
+        with self._count_lock:
+            self._outstanding -= 1
 
     def check_health(self) -> None:
         """Raise :class:`WorkerLostError` if a worker process exited under a task."""
-        dead = [w for w in self._workers if w.exitcode is not None]
+        self._watched.update(self._pool._pool)  # workers started since, replacements included
+        dead = [w for w in self._watched if w.exitcode is not None]
         if dead:
             codes = ", ".join(f"pid {w.pid} exit code {w.exitcode}" for w in dead)
             raise WorkerLostError(f"a multiprocessing worker died ({codes})")
