@@ -441,20 +441,30 @@ class _SigtermWatch:
 
 def _exit_on_sigterm(signum, frame):
     """SIGTERM handler installed once background processes run: exit through ``SystemExit``
-    so that the interpreter's exit handlers stop them (the default action kills at once)."""
+    so that the interpreter's exit handlers stop them (the default action kills at once).
+
+    A process forked from another thread keeps the handler (it cannot be reset there): it
+    dies of the signal as it would have without us."""
+    if os.getpid() != _sigterm_exit_pid:
+        with contextlib.suppress(ValueError):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)
 
 
 _sigterm_exit_installed = False
+_sigterm_exit_pid = -1
 
 
 def _install_exit_on_sigterm() -> None:
     """Replace the default SIGTERM action by :func:`_exit_on_sigterm`, once, from the main
     thread, and only if nobody installed a handler of their own."""
-    global _sigterm_exit_installed
+    global _sigterm_exit_installed, _sigterm_exit_pid
     if _sigterm_exit_installed or threading.current_thread() is not threading.main_thread():
         return
     _sigterm_exit_installed = True
+    _sigterm_exit_pid = os.getpid()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
