@@ -100,3 +100,24 @@ def test_no_backend_and_no_connection_means_a_local_process_pool():
     with pytest.raises(KeyError) as caught:
         um.parallel({}.__getitem__, ["missing"])
     assert "(backend 'multiprocessing')" in "\n".join(caught.value.__notes__)
+
+
+@pytest.mark.parametrize("name", ["threads", "multiprocessing"])
+def test_resizing_from_another_thread_does_not_close_a_pool_in_use(name):
+    import threading
+    import time
+
+    results = {}
+
+    def slow_map():
+        results["A"] = um.parallel(
+            lambda x: time.sleep(0.1) or x, range(12), backend=name, n_workers=2, chunksize=1
+        )
+
+    first = threading.Thread(target=slow_map)
+    first.start()
+    time.sleep(0.2)  # A is mapping on the 2-worker pool when B asks for 1 worker
+    results["B"] = um.parallel(abs, [-1, -2], backend=name, n_workers=1)
+    first.join(timeout=120)
+    assert not first.is_alive()
+    assert results == {"A": list(range(12)), "B": [1, 2]}

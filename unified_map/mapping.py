@@ -16,12 +16,12 @@ from typing import Any
 
 from unified_map.backends import (
     DEFAULT_LOCAL_BACKEND,
+    acquire_backend,
     backend_class,
     discard_backend,
-    get_backend,
+    release_backend,
 )
 from unified_map.backends.base import (
-    Backend,
     ChunkOutcome,
     inside_worker,
     pack,
@@ -223,11 +223,18 @@ def _imap(
     # Checked here, before the generator starts, so bad input fails at the call.
     callee = func.func if isinstance(func, _Star) else func
     _validate(callee, backend, chunksize, n_workers, needs_iterables)
-    chosen = _choose_backend(backend, n_workers)
-    sizer = ChunkSizer(
-        chunksize, n_items, chosen.n_workers, chosen.target_chunk_seconds, key=cost_key(callee)
+    name = _choose_backend(backend)
+    run = _OrderedRun(
+        func,
+        items,
+        n_items,
+        name,
+        n_workers,
+        chunksize,
+        cost_key(callee),
+        progress,
+        describe_as_args,
     )
-    run = _OrderedRun(func, items, n_items, chosen, sizer, progress, describe_as_args)
     return _ResultIterator(run)
 
 
@@ -259,7 +266,8 @@ class _ResultIterator:
         return out
 
 
-def _choose_backend(name: str | None, n_workers: int | None) -> Backend:
+def _choose_backend(name: str | None) -> str:
+    """The backend name a map runs on; fails at once on an unknown or missing backend."""
     if name is None:
         import cluster_setup  # imports no engine: the setups load theirs when used
 
@@ -269,7 +277,8 @@ def _choose_backend(name: str | None, n_workers: int | None) -> Backend:
         # A map nested in a worker's task: the outer map already keeps every core busy, and
         # pool workers cannot start pools of their own (daemonic) or hang at exit joining them.
         name = "serial"
-    return get_backend(name, n_workers)
+    backend_class(name)  # raise UnknownBackendError / BackendNotInstalledError now
+    return name
 
 
 class _Task:
@@ -282,15 +291,49 @@ class _Task:
 class _OrderedRun:
     """One map: submit chunks a bounded distance ahead, collect them, yield in order."""
 
-    def __init__(self, func, items, n_items, backend, sizer, progress, describe_as_args):
-        self.func, self.backend, self.sizer = func, backend, sizer
-        self.chunks = iter_chunks(items, sizer)
-        self.n_items, self.progress, self.describe_as_args = n_items, progress, describe_as_args
+    def __init__(
+        self,
+        func,
+        items,
+        n_items,
+        name,
+        n_workers,
+        chunksize,
+        cost_key,
+        progress,
+        describe_as_args,
+    ):
+        self.func, self.items, self.n_items = func, items, n_items
+        self.name, self.n_workers, self.chunksize, self.cost_key = (
+            name,
+            n_workers,
+            chunksize,
+            cost_key,
+        )
+        self.progress, self.describe_as_args = progress, describe_as_args
         self.pending: collections.deque[_Task] = collections.deque()
         self.exhausted = False
 
     def chunk_results(self) -> Iterator[list]:
         """Each chunk's list of results, in input order."""
+        # The backend is taken when the map starts and given back when it ends: counted, so
+        # that another thread resizing the pool cannot close it under this map.
+        self.backend = acquire_backend(self.name, self.n_workers)
+        try:
+            yield from self._run()
+        finally:
+            release_backend(self.backend)
+
+    def _run(self) -> Iterator[list]:
+        backend = self.backend
+        self.sizer = ChunkSizer(
+            self.chunksize,
+            self.n_items,
+            backend.n_workers,
+            backend.target_chunk_seconds,
+            key=self.cost_key,
+        )
+        self.chunks = iter_chunks(self.items, self.sizer)
         bar = self._progress_bar()
         try:
             while True:

@@ -27,6 +27,8 @@ __all__ = [
     "get_backend",
     "close_backend",
     "discard_backend",
+    "acquire_backend",
+    "release_backend",
 ]
 
 
@@ -142,6 +144,9 @@ def get_backend(name: str, n_workers: int | None = None) -> Backend:
     """The warm backend for ``name``, created on first use and resized when ``n_workers``
     changes.
 
+    A backend replaced while a map still uses it (another thread asked for another size) is
+    closed when that map ends, not under it.
+
     Examples
     --------
     >>> get_backend("threads", 2) is get_backend("threads", 2)
@@ -151,11 +156,46 @@ def get_backend(name: str, n_workers: int | None = None) -> Backend:
     with _warm_lock:
         backend = _warm.get(name)
         if backend is not None and n_workers is not None and backend.requested_workers != n_workers:
-            _warm.pop(name).close()
+            _retire(_warm.pop(name))
             backend = None
         if backend is None:
             backend = _warm[name] = cls(n_workers)
         return backend
+
+
+# How many maps are using each backend right now (by id), and the replaced ones to close
+# once their last map ends. Guarded by _warm_lock.
+_users: dict[int, int] = {}
+_retired: dict[int, Backend] = {}
+
+
+def acquire_backend(name: str, n_workers: int | None = None) -> Backend:
+    """:func:`get_backend`, counted as in use until :func:`release_backend`."""
+    backend = get_backend(name, n_workers)
+    with _warm_lock:
+        _users[id(backend)] = _users.get(id(backend), 0) + 1
+    return backend
+
+
+def release_backend(backend: Backend) -> None:
+    """A map is done with ``backend``; close it if it was replaced meanwhile."""
+    with _warm_lock:
+        remaining = _users.get(id(backend), 1) - 1
+        if remaining:
+            _users[id(backend)] = remaining
+            return
+        _users.pop(id(backend), None)
+        retired = _retired.pop(id(backend), None)
+    if retired is not None:
+        retired.close()
+
+
+def _retire(backend: Backend) -> None:
+    # Called with _warm_lock held.
+    if _users.get(id(backend)):
+        _retired[id(backend)] = backend
+    else:
+        backend.close()
 
 
 def discard_backend(backend: Backend, *, abort: bool = False) -> None:
@@ -163,6 +203,7 @@ def discard_backend(backend: Backend, *, abort: bool = False) -> None:
     with _warm_lock:
         if _warm.get(backend.name) is backend:
             del _warm[backend.name]
+        _retired.pop(id(backend), None)
     backend.abort() if abort else backend.close()
 
 
@@ -179,8 +220,8 @@ def close_backend(name: str) -> bool:
     """
     with _warm_lock:
         backend = _warm.pop(name, None)
-    if backend is not None:
-        backend.close()
+        if backend is not None:
+            _retire(backend)
     return backend is not None
 
 
@@ -188,8 +229,9 @@ def close_backend(name: str) -> bool:
 def shutdown_all() -> None:
     """Close every warm backend; registered to run at interpreter exit."""
     with _warm_lock:
-        backends = list(_warm.values())
+        backends = list(_warm.values()) + list(_retired.values())
         _warm.clear()
+        _retired.clear()
     for backend in backends:
         backend.close()
 
@@ -198,6 +240,8 @@ def _forget_parents_backends() -> None:
     # A forked child inherits the dict but not the parent's pool threads: start afresh.
     global _warm_lock
     _warm.clear()
+    _users.clear()
+    _retired.clear()
     _warm_lock = threading.Lock()
 
 

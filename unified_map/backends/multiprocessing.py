@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
 import sys
 import threading
 
@@ -34,6 +35,22 @@ def terminate_processes(processes, grace_seconds: float = 2.0) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def stop_process_pool(pool, workers) -> None:
+    """``pool.terminate()``, unless one of ``workers`` died: then stop the rest by pid.
+
+    Pool workers share locks (an idle one waits for work holding the task queue's), and
+    ``terminate()`` needs them: after a worker died holding one it would hang forever. Such a
+    pool is taken down by stopping its processes directly; its handler threads are daemons.
+    """
+    if all(worker.exitcode is None for worker in workers):
+        pool.terminate()
+        pool.join()
+        return
+    pool._worker_handler._state = multiprocessing.pool.TERMINATE  # start no replacements
+    terminate_processes(list(pool._pool))
+    pool._terminate.cancel()  # its exit hook would call terminate() and hang
 
 
 class PoolBackend(Backend):
@@ -95,8 +112,7 @@ class MultiprocessingBackend(PoolBackend):
                 # A worker died while idle (OOM killer, a stray kill). No task was lost, but an
                 # idle worker waits holding the pool's shared queue lock: if it died holding
                 # it, every other worker is stuck for good. Start a fresh pool before use.
-                self._pool.terminate()
-                self._pool.join()
+                stop_process_pool(self._pool, self._watched)
                 self._pool = self._make_pool()
             self._outstanding += 1
         future = super().submit(fn, *args)
@@ -114,3 +130,7 @@ class MultiprocessingBackend(PoolBackend):
         if dead:
             codes = ", ".join(f"pid {w.pid} exit code {w.exitcode}" for w in dead)
             raise WorkerLostError(f"a multiprocessing worker died ({codes})")
+
+    def close(self):
+        self._watched.update(self._pool._pool)
+        stop_process_pool(self._pool, self._watched)
