@@ -101,6 +101,13 @@ def _add_cluster_commands(commands) -> None:
             "--engine", choices=CLUSTER_ENGINES, default="dask", help="cluster engine (dask)"
         )
 
+    def scheduler_address(command):
+        """The options of a command that talks to a running scheduler."""
+        engine_option(command)
+        command.add_argument(
+            "address", help="the scheduler's address, host:port or tcp://host:port"
+        )
+
     scheduler = commands.add_parser(
         "scheduler",
         help="start a scheduler and serve until Ctrl-C or SIGTERM",
@@ -120,8 +127,7 @@ def _add_cluster_commands(commands) -> None:
         description="Start worker processes that join the scheduler at ADDRESS; serve until "
         "Ctrl-C or SIGTERM, then leave the scheduler cleanly.",
     )
-    engine_option(worker)
-    worker.add_argument("address", help="the scheduler's address, host:port or tcp://host:port")
+    scheduler_address(worker)
     worker.add_argument("--n-workers", type=_positive_int, default=1, metavar="N")
     worker.add_argument(
         "--threads",
@@ -137,8 +143,7 @@ def _add_cluster_commands(commands) -> None:
         description="Connect to the scheduler at ADDRESS, print its workers, cores and "
         "memory, and disconnect.",
     )
-    engine_option(status)
-    status.add_argument("address", help="the scheduler's address, host:port or tcp://host:port")
+    scheduler_address(status)
     status.add_argument(
         "--timeout",
         type=float,
