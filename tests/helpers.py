@@ -47,6 +47,30 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+# Records the engine logs, with a traceback, for races it recovers from by design, e.g.
+# "2026-11-23 13:44:05,790 - distributed.batched - INFO - Batched Comm Closed <TCP ...>".
+_BENIGN_ENGINE_RECORDS = re.compile(r" - distributed\.batched - INFO - Batched Comm Closed ")
+
+
+def unexpected_tracebacks(lines: list[str]) -> list[str]:
+    """The tracebacks in ``lines`` other than those of known benign engine records.
+
+    Dask's scheduler logs, at INFO level and with the traceback attached, the race of a
+    worker's comm closing while it was writing to it, which happens when a worker leaves
+    as the scheduler is sending it a message. That is part of dask's normal shutdown; any
+    other traceback (an uncaught exception, an ERROR record) is returned, so the test still
+    fails on it.
+    """
+    found = []
+    previous = ""
+    for line in lines:
+        # logging prints the traceback right below the record it belongs to
+        if line.startswith("Traceback") and not _BENIGN_ENGINE_RECORDS.search(previous):
+            found.append(line)
+        previous = line
+    return found
+
+
 class BlockingScript:
     """A child interpreter running a ``block=True`` call; its stderr is read in a thread."""
 
@@ -85,7 +109,7 @@ class BlockingScript:
         assert self.process.returncode == 0, "".join(self.lines)
         assert "returned" in out  # the call returned; the script went on and ended normally
         assert not process_tree_pids(descendants), "children left behind"
-        assert not [line for line in self.lines if "Traceback" in line], "".join(self.lines)
+        assert not unexpected_tracebacks(self.lines), "".join(self.lines)
 
     def kill(self) -> None:
         if self.process.poll() is None:  # only when a check failed: take its children too
