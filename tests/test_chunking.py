@@ -44,6 +44,24 @@ def test_big_payloads_shrink_chunks():
     assert sizer.next_size() == 2
 
 
+def test_a_backend_without_load_balance_takes_cheap_sized_input_in_one_chunk():
+    sizer = ChunkSizer(None, n_items=100_000, n_workers=1, balance=False)
+    sizer.observe(10, 1e-6)
+    assert sizer.next_size() == 100_000  # no cap of 4 chunks per worker, no guided shrink
+    slow = ChunkSizer(None, n_items=100, n_workers=1, target_seconds=0.1, balance=False)
+    slow.observe(1, 0.05)
+    assert slow.next_size() == 2  # still bounded by the target duration (progress, imap)
+
+
+def test_lists_and_tuples_are_sliced_into_chunks():
+    assert list(iter_chunks(list("abcde"), ChunkSizer(2, None, 1))) == [
+        (0, ["a", "b"]),
+        (2, ["c", "d"]),
+        (4, ["e"]),
+    ]
+    assert list(iter_chunks((1, 2, 3), ChunkSizer(2, None, 1))) == [(0, (1, 2)), (2, (3,))]
+
+
 def test_iter_chunks_is_lazy_and_numbers_items():
     source = itertools.count()
     chunks = iter_chunks(source, ChunkSizer(4, None, 1))

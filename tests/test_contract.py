@@ -116,6 +116,15 @@ def test_exception_keeps_type_and_names_the_item(backend):
         assert any(entry.name == "fail_on_13" for entry in caught.traceback)
 
 
+@pytest.mark.parametrize("container", [list, tuple])
+def test_lists_and_tuples_are_cut_into_slices_that_keep_positions(backend, container):
+    xs = container(range(40))
+    assert um.parallel(square, xs, backend=backend, chunksize=6) == list(map(square, xs))
+    with pytest.raises(ValueError) as caught:
+        um.parallel(fail_on_13, xs, backend=backend, chunksize=4)
+    assert "item 13 of the input: 13" in "\n".join(caught.value.__notes__)
+
+
 def test_exception_note_shows_the_arguments_of_a_multi_argument_call(backend):
     with pytest.raises(ZeroDivisionError) as caught:
         um.parallel(operator.truediv, [1, 2, 3], [1, 0, 1], backend=backend)

@@ -156,7 +156,9 @@ def imap(
     [0, 1, 4, 9]
     """
     if len(iterables) == 1:
-        items, n_items, fn = iter(iterables[0]), _length(iterables[0]), func
+        items, n_items, fn = iterables[0], _length(iterables[0]), func
+        if type(items) not in (list, tuple):  # those are sliced into chunks, not iterated
+            items = iter(items)
     else:
         lengths = [_length(it) for it in iterables]
         n_items = None if not lengths or None in lengths else min(lengths)
@@ -260,10 +262,15 @@ class _ResultIterator:
 
     def drain(self) -> list:
         """Every remaining result, as a list."""
-        out: list = []
+        out: list | None = None
         for chunk in self._chunks:
-            out.extend(chunk)
-        return out
+            if out is None and type(chunk) is list:
+                out = chunk  # a list of results nobody else holds: extend it, do not copy it
+            elif out is None:
+                out = list(chunk)
+            else:
+                out.extend(chunk)
+        return [] if out is None else out
 
 
 def _choose_backend(name: str | None) -> str:
@@ -332,6 +339,7 @@ class _OrderedRun:
             backend.n_workers,
             backend.target_chunk_seconds,
             key=self.cost_key,
+            balance=backend.balances_load,
         )
         self.chunks = iter_chunks(self.items, self.sizer)
         bar = self._progress_bar()

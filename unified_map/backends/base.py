@@ -215,6 +215,9 @@ class Backend:
     #: True for backends that start local worker processes; a map nested in a worker of a
     #: process or cluster backend runs such a backend's work serially instead.
     starts_local_processes: bool = False
+    #: False for backends that run chunks one after another in the caller's thread: cutting
+    #: the input into several chunks per worker only costs them time.
+    balances_load: bool = True
     #: Exceptions a future raises when the engine lost a worker; reported as WorkerLostError.
     worker_lost_errors: tuple[type[BaseException], ...] = ()
 

@@ -16,6 +16,7 @@ class SerialBackend(Backend):
 
     name = "serial"
     in_process = True
+    balances_load = False
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(1)
