@@ -585,6 +585,9 @@ class ClusterSetup:
         with self._lock:
             if self._log_dir is None or not os.path.isdir(self._log_dir):
                 self._log_dir = tempfile.mkdtemp(prefix=f"cluster_setup-{self.engine}-")
+                # Removed when this setup is forgotten (a backend's private local cluster) or
+                # at exit, whichever comes first; the logs stay readable until then.
+                weakref.finalize(self, _remove_log_dir, self._log_dir, os.getpid())
         handle, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self._log_dir)
         os.close(handle)
         return path
@@ -790,6 +793,11 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             return True
     return False
+
+
+def _remove_log_dir(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # never from a forked child: the directory is the parent's
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @atexit.register

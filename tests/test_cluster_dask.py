@@ -3,7 +3,9 @@ dask backend does (local cluster on first use, chunks as bytes, remote cancel)."
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import time
 
 import pytest
@@ -55,11 +57,15 @@ def test_local_cluster_is_started_once_logged_and_closed(caplog):
         assert "127.0.0.1" in logged[0].getMessage()
         local = backend._local
         pids = process_tree_pids(p.pid for p in local.setup.started)
+        log_dir = local.setup._log_dir
         assert len(local.client.nthreads()) == 2 and backend.n_workers == 2
     finally:
         backend.close()
     assert not process_tree_pids(pids)
     backend.close()  # twice is harmless
+    del local
+    gc.collect()
+    assert not os.path.exists(log_dir)  # its processes' logs go with the private setup
 
 
 def test_n_workers_is_the_clusters_thread_count_when_connected(dask_connection):
