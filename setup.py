@@ -24,7 +24,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["unified_map*", "cluster_setup*"]),
-    install_requires=["cloudpickle>=2.2", "tqdm>=4.60"],
+    install_requires=[
+        "cloudpickle>=2.2",
+        "tqdm>=4.60",
+        # Python 3.10 keeps PEP 678 notes but does not print them; the backport does
+        "exceptiongroup>=1.1; python_version < '3.11'",
+    ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["unified-map=unified_map.cli:main"]},
     classifiers=[

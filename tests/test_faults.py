@@ -247,3 +247,23 @@ def test_worker_that_died_while_idle_does_not_fail_the_next_map():
         chunksize=1,
     )
     assert slow == [0, 1, 2, 3]
+
+
+def test_an_uncaught_error_prints_the_item_and_the_workers_traceback():
+    # What a script's user reads on the terminal, on every supported Python: 3.10 does not
+    # print PEP 678 notes by itself.
+    result = run_python(
+        """
+        import unified_map as um
+
+        def invert(x):
+            return 1 / x
+
+        um.parallel(invert, [4, 2, 0, 1], backend="multiprocessing", chunksize=1)
+        """
+    )
+    assert result.returncode == 1
+    err = result.stderr
+    assert "unified_map: func failed on item 2 of the input: 0" in err, err
+    assert "ZeroDivisionError: division by zero" in err
+    assert "in invert" in err  # the worker's traceback, shown above the caller's

@@ -461,5 +461,8 @@ def _unpicklable_part(func, items: list, start: int) -> str:
 def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
-    else:  # Python 3.10: the attribute is kept, though not printed
+    else:  # Python 3.10 has the attribute (PEP 678) but does not print it
+        # exceptiongroup, the backport, teaches traceback printing to show __notes__.
+        import exceptiongroup  # noqa: F401
+
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
