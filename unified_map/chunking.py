@@ -143,6 +143,11 @@ class ChunkSizer:
         self._items_weighed = 0
         self._bytes = 0
 
+    @property
+    def knows_sizes(self) -> bool:
+        """Whether chunk sizes come from a fixed size or a measurement, not from probing."""
+        return self.fixed is not None or self._items_timed > 0
+
     def next_size(self) -> int:
         """Number of items to put in the next chunk."""
         if self.fixed is not None:

@@ -420,6 +420,10 @@ class _OrderedRun:
             )
             if not done:
                 self.backend.check_health()
+            if self.sizer.knows_sizes:
+                # Keep the workers fed before spending time unpacking results: a worker that
+                # finished waits idle until the next chunk arrives.
+                self._submit_more()
             for other in self.pending:
                 if other.outcome is None and other.future.done():
                     other.outcome = self._outcome(other.future.result())
