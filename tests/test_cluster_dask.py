@@ -15,10 +15,10 @@ import unified_map as um
 from cluster_setup.errors import InvalidAddressError
 from tests.cluster_fixtures import ENGINES, process_tree_pids
 from tests.helpers import run_python
-from tests.test_cluster_common import ClusterSuite
+from tests.test_cluster_common import ClusterSuite, double_slowly_where
 from unified_map.backends import get_backend
 from unified_map.backends.base import pack, run_packed, unpack_outcome
-from unified_map.backends.dask import DaskBackend
+from unified_map.backends.dask import SCATTER_BYTES, DaskBackend
 
 
 class TestDaskCluster(ClusterSuite):
@@ -87,6 +87,63 @@ def test_chunks_are_submitted_as_one_bytes_blob(dask_connection, monkeypatch):
     for fn, args, kwargs in submitted:
         assert fn is run_packed and len(args) == 1 and isinstance(args[0], bytes)
         assert kwargs == {"pure": False}
+
+
+def test_big_chunks_are_scattered_to_a_worker_not_sent_in_the_graph(dask_connection, recwarn):
+    client = dask_connection.client
+    scattered = []
+    original = client.scatter
+
+    def spy(data, **kwargs):
+        scattered.append(len(data))
+        return original(data, **kwargs)
+
+    client.scatter = spy  # an instance attribute: gone with the connection's client
+    try:
+        payloads = [bytes([i]) * (2 * SCATTER_BYTES // 3) for i in range(4)]
+        assert um.parallel(len, payloads, chunksize=2) == [2 * SCATTER_BYTES // 3] * 4
+        assert um.parallel(len, ["small"] * 4, chunksize=2) == [5] * 4
+    finally:
+        del client.scatter
+    assert len(scattered) == 2 and min(scattered) >= SCATTER_BYTES  # only the two big chunks
+    assert not [w for w in recwarn if "large graph" in str(w.message)]
+
+
+def test_worker_killed_holding_scattered_chunks_loses_no_result(
+    dask_cluster, dask_connection, monkeypatch
+):
+    # Dask cannot recompute scattered data: a chunk whose worker died before running it is
+    # sent again, inside its task this time.
+    monkeypatch.setattr("unified_map.backends.dask.SCATTER_BYTES", 0)  # scatter every chunk
+    engine = ENGINES["dask"]
+    client = dask_connection.client
+    resubmitted = []
+    original = client.submit
+
+    def spy(fn, *args, **kwargs):
+        if args and isinstance(args[0], bytes):  # the chunk itself, not a scattered future
+            resubmitted.append(fn)
+        return original(fn, *args, **kwargs)
+
+    client.submit = spy
+    extra = engine.start_worker(dask_cluster.address)
+    extra_pids = process_tree_pids([extra.pid])
+    try:
+        results = um.imap(double_slowly_where, range(300), chunksize=5)
+        received, busy = [], False
+        for value, pid in results:  # kill it once it is busy with this map
+            received.append(value)
+            if pid in extra_pids:
+                busy = True
+                break
+        engine.kill_worker(extra)
+        received += [value for value, _ in results]
+    finally:
+        del client.submit
+        engine.stop_worker(extra)
+    assert busy, "the extra worker got no task before the map ended"
+    assert received == [2 * x for x in range(300)]
+    assert resubmitted, "no chunk was lost with the worker: nothing was tested"
 
 
 def test_stopping_early_cancels_the_remote_tasks(dask_connection):
