@@ -44,6 +44,33 @@ def test_big_payloads_shrink_chunks():
     assert sizer.next_size() == 2
 
 
+def test_payload_cap_is_the_one_given():
+    sizer = ChunkSizer(None, n_items=None, n_workers=2, max_bytes=4 * 2**20)
+    sizer.observe(1, 1e-6)
+    sizer.observe_bytes(1, 2**20)  # 1 MiB per item
+    assert sizer.next_size() == 4
+
+
+def test_local_pools_get_smaller_payload_chunks_than_clusters(monkeypatch):
+    import unified_map.mapping as mapping
+    from unified_map.backends import backend_class
+
+    assert backend_class("multiprocessing").max_chunk_bytes == 4 * 2**20
+    sizes = []
+    original = mapping.pack
+
+    def spy(func, items):
+        sizes.append(len(items))
+        return original(func, items)
+
+    monkeypatch.setattr(mapping, "pack", spy)
+    item_bytes = 3 * 2**19  # 1.5 MiB
+    payloads = [bytes([i]) * item_bytes for i in range(40)]
+    assert um.parallel(len, payloads, backend="multiprocessing") == [item_bytes] * 40
+    # Load balance alone allows 40 / (4 x 2) = 5 items per chunk; 4 MiB allow 2.
+    assert max(sizes) == 2 and sum(sizes) == 40
+
+
 def test_a_backend_without_load_balance_takes_cheap_sized_input_in_one_chunk():
     sizer = ChunkSizer(None, n_items=100_000, n_workers=1, balance=False)
     sizer.observe(10, 1e-6)

@@ -32,7 +32,8 @@ MIN_CHUNK_SECONDS = 0.01
 #: Without a known length, never cut more than this many items at once, so a fast function
 #: over an endless generator keeps a small, flat memory footprint.
 MAX_UNSIZED_CHUNK = 10_000
-#: Nor more than this many bytes of pickled payload per chunk, when payload size is known.
+#: Nor more than this many bytes of pickled payload per chunk, when payload size is known
+#: (the default; each backend sets its own, see ``Backend.max_chunk_bytes``).
 MAX_CHUNK_BYTES = 32 * 2**20
 #: How many functions' costs are remembered (least recently used ones are forgotten).
 REMEMBERED_FUNCTIONS = 256
@@ -102,6 +103,8 @@ class ChunkSizer:
         Whether chunks are capped and shrunk so that every worker gets several (load
         balance). A backend that runs chunks one after another in the caller's thread
         (``serial``) gains nothing from it and only pays more chunks.
+    max_bytes : int
+        Largest pickled payload per chunk, once the payload size per item is known.
 
     Examples
     --------
@@ -121,9 +124,11 @@ class ChunkSizer:
         target_seconds: float = TARGET_CHUNK_SECONDS,
         key: Hashable | None = None,
         balance: bool = True,
+        max_bytes: int = MAX_CHUNK_BYTES,
     ):
         self.fixed = chunksize
         self.balance = balance
+        self.max_bytes = max_bytes
         self.target_seconds = target_seconds
         self.n_items = n_items
         self.n_workers = n_workers
@@ -156,7 +161,7 @@ class ChunkSizer:
             return 1
         cap = self.cap
         if self._bytes:
-            cap = min(cap, max(1, int(MAX_CHUNK_BYTES * self._items_weighed / self._bytes)))
+            cap = min(cap, max(1, int(self.max_bytes * self._items_weighed / self._bytes)))
         seconds_per_item = self._seconds / self._items_timed
         if seconds_per_item <= 0:
             return cap

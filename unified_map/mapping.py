@@ -340,6 +340,7 @@ class _OrderedRun:
             backend.target_chunk_seconds,
             key=self.cost_key,
             balance=backend.balances_load,
+            max_bytes=backend.max_chunk_bytes,
         )
         self.chunks = iter_chunks(self.items, self.sizer)
         bar = self._progress_bar()

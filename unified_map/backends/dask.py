@@ -21,6 +21,7 @@ import cluster_setup
 from cluster_setup._dask import DaskConnection, DaskSetup, import_distributed
 from cluster_setup.errors import SchedulerUnreachableError
 from unified_map.backends.base import Backend
+from unified_map.chunking import MAX_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
+    #: A chunk costs a scheduler round trip (and a scatter when big): fewer, bigger ones.
+    max_chunk_bytes = MAX_CHUNK_BYTES
 
     def __init__(self, n_workers: int | None = None):
         self._local: DaskConnection | None = None
