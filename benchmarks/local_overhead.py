@@ -184,7 +184,7 @@ def cpu_bound(n_items: int, seconds: float, repeat: int, n_workers: int) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000, help="tiny items (100,000)")
-    parser.add_argument("--repeat", type=int, default=7, help="runs per tiny timing (7)")
+    parser.add_argument("--repeat", type=int, default=25, help="runs per tiny timing (25)")
     parser.add_argument("--cpu-repeat", type=int, default=3, help="runs per CPU timing (3)")
     args = parser.parse_args()
     n_workers = default_worker_count()
