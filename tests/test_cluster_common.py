@@ -114,6 +114,28 @@ def double_slowly_where(x):
     return 2 * x, os.getpid()
 
 
+def map_while_killing_a_worker(engine, address: str) -> int:
+    """Map 300 items on the connected cluster, with one more worker that is killed once it is
+    busy with the map; check that every result arrived, in order. Returns the killed pid."""
+    extra = engine.start_worker(address)  # the one to kill: the cluster stays whole
+    extra_pids = process_tree_pids([extra.pid])
+    try:
+        results = um.imap(double_slowly_where, range(300), chunksize=5)
+        received, busy = [], False
+        for value, pid in results:  # kill it once it is busy with this map
+            received.append(value)
+            if pid in extra_pids:
+                busy = True
+                break
+        engine.kill_worker(extra)
+        received += [value for value, _ in results]
+    finally:
+        engine.stop_worker(extra)
+    assert busy, "the extra worker got no task before the map ended"
+    assert received == [2 * x for x in range(300)]
+    return extra.pid
+
+
 def fail_on_three(x):
     if x == 3:
         raise LookupError(f"no entry for {x}")
@@ -382,23 +404,8 @@ class ClusterSuite:
         assert um.parallel(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
 
     def test_worker_killed_mid_map_loses_no_result(self, engine, cluster, connection):
-        extra = engine.start_worker(cluster.address)  # the one to kill: the cluster stays whole
-        extra_pids = process_tree_pids([extra.pid])
-        try:
-            results = um.imap(double_slowly_where, range(300), chunksize=5)
-            received, busy = [], False
-            for value, pid in results:  # kill it once it is busy with this map
-                received.append(value)
-                if pid in extra_pids:
-                    busy = True
-                    break
-            engine.kill_worker(extra)
-            received += [value for value, _ in results]
-        finally:
-            engine.stop_worker(extra)
-        assert busy, "the extra worker got no task before the map ended"
-        assert received == [2 * x for x in range(300)]
-        assert not process_tree_pids([extra.pid])
+        extra_pid = map_while_killing_a_worker(engine, cluster.address)
+        assert not process_tree_pids([extra_pid])
         assert um.parallel(abs, [-1, -2]) == [1, 2]
 
     def test_sigterm_while_a_block_true_call_starts_leaves_nothing(self, engine):

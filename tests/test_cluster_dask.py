@@ -15,7 +15,7 @@ import unified_map as um
 from cluster_setup.errors import InvalidAddressError
 from tests.cluster_fixtures import ENGINES, process_tree_pids
 from tests.helpers import run_python
-from tests.test_cluster_common import ClusterSuite, double_slowly_where
+from tests.test_cluster_common import ClusterSuite, map_while_killing_a_worker
 from unified_map.backends import get_backend
 from unified_map.backends.base import pack, run_packed, unpack_outcome
 from unified_map.backends.dask import SCATTER_BYTES, DaskBackend
@@ -115,7 +115,6 @@ def test_worker_killed_holding_scattered_chunks_loses_no_result(
     # Dask cannot recompute scattered data: a chunk whose worker died before running it is
     # sent again, inside its task this time.
     monkeypatch.setattr("unified_map.backends.dask.SCATTER_BYTES", 0)  # scatter every chunk
-    engine = ENGINES["dask"]
     client = dask_connection.client
     resubmitted = []
     original = client.submit
@@ -126,23 +125,10 @@ def test_worker_killed_holding_scattered_chunks_loses_no_result(
         return original(fn, *args, **kwargs)
 
     client.submit = spy
-    extra = engine.start_worker(dask_cluster.address)
-    extra_pids = process_tree_pids([extra.pid])
     try:
-        results = um.imap(double_slowly_where, range(300), chunksize=5)
-        received, busy = [], False
-        for value, pid in results:  # kill it once it is busy with this map
-            received.append(value)
-            if pid in extra_pids:
-                busy = True
-                break
-        engine.kill_worker(extra)
-        received += [value for value, _ in results]
+        map_while_killing_a_worker(ENGINES["dask"], dask_cluster.address)
     finally:
         del client.submit
-        engine.stop_worker(extra)
-    assert busy, "the extra worker got no task before the map ended"
-    assert received == [2 * x for x in range(300)]
     assert resubmitted, "no chunk was lost with the worker: nothing was tested"
 
 
