@@ -91,6 +91,7 @@ class DaskFuture(concurrent.futures.Future):
             self._deliver(self.set_result, value)
         finally:
             self.dask_future = None
+            self._resubmit = None  # holds the chunk's bytes: not a moment longer than needed
 
     def _may_resubmit(self) -> bool:
         connection = self._connection
