@@ -11,12 +11,13 @@ per item (large inputs); the ratio column is against the builtin ``map`` on the 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import header, table, timings  # noqa: E402
+from _common import header, interleaved, table, timings  # noqa: E402
 
 import unified_map as um  # noqa: E402
 from unified_map.backends import discard_backend, get_backend  # noqa: E402
@@ -48,25 +49,31 @@ def items_scaling(names: list[str], max_items: int) -> None:
     sizes = [10**k for k in range(2, 7) if 10**k <= max_items]
     print(
         "1. Tiny items (x + 1): milliseconds per call (median of runs), and in brackets the "
-        "ratio to the builtin map on the same items; pools warm."
+        "ratio to the builtin map on the same items, timed in interleaved rounds with it; "
+        "pools warm."
     )
-    builtin = {}
-    for n in sizes:
-        xs = list(range(n))
-        builtin[n], _ = timings(lambda xs=xs: list(map(increment, xs)), 5 if n < 10**6 else 3)
-    rows = [["builtin map", *(f"{builtin[n] * 1e3:.3g}" for n in sizes), "-"]]
+    builtin: dict[int, list[float]] = {n: [] for n in sizes}
+    rows = []
     for name in names:
         cells = []
         for n in sizes:
             xs = list(range(n))
             um.parallel(increment, xs, backend=name)  # warm, and the same size as timed
-            median, _ = timings(
-                lambda xs=xs, name=name: um.parallel(increment, xs, backend=name),
-                5 if n < 10**6 else 3,
+            medians = interleaved(
+                {
+                    "builtin": lambda xs=xs: list(map(increment, xs)),
+                    "ours": lambda xs=xs, name=name: um.parallel(increment, xs, backend=name),
+                },
+                7 if n < 10**6 else 3,
             )
-            cells.append(f"{median * 1e3:.3g} ({ratio(median / builtin[n])})")
+            builtin[n].append(medians["builtin"])
+            median = medians["ours"]
+            cells.append(f"{median * 1e3:.3g} ({ratio(median / medians['builtin'])})")
         per_item = median / sizes[-1] * 1e6
         rows.append([name, *cells, f"{per_item:.3g}"])
+    # the builtin map's row: the median of its timings across every backend's rounds
+    reference = [f"{statistics.median(builtin[n]) * 1e3:.3g}" for n in sizes]
+    rows.insert(0, ["builtin map", *reference, "-"])
     headers = ["backend", *(f"{n:,} items" for n in sizes), f"us/item at {sizes[-1]:,}"]
     print(table(headers, rows))
     print()
