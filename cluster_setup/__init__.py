@@ -41,17 +41,10 @@ def _set_active_connection(connection) -> None:
 
 # Imported after the active-connection functions, which base.py uses. The engine modules
 # carry a leading underscore so that importing one never replaces the object of that name.
+from cluster_setup import errors as _errors  # noqa: E402
 from cluster_setup._dask import DaskSetup  # noqa: E402
 from cluster_setup.base import ClusterStatus  # noqa: E402
-from cluster_setup.errors import (  # noqa: E402
-    ClusterSetupError,
-    ClusterStartError,
-    ClusterStartTimeoutError,
-    EngineNotInstalledError,
-    InvalidAddressError,
-    PortInUseError,
-    SchedulerUnreachableError,
-)
+from cluster_setup.errors import *  # noqa: E402, F403 - the error types, listed in its __all__
 
 #: Dask: ``start_scheduler``, ``start_worker``, ``connect_to_scheduler``, ``report_status``.
 dask = DaskSetup()
@@ -60,11 +53,5 @@ __all__ = [
     "dask",
     "active_connection",
     "ClusterStatus",
-    "ClusterSetupError",
-    "ClusterStartError",
-    "ClusterStartTimeoutError",
-    "EngineNotInstalledError",
-    "InvalidAddressError",
-    "PortInUseError",
-    "SchedulerUnreachableError",
+    *_errors.__all__,
 ]

@@ -7,16 +7,10 @@ for callers who never heard of unified_map.
 from __future__ import annotations
 
 # Errors of starting and connecting to clusters live with cluster_setup (which must not import
-# unified_map); they are re-exported here so users find every error type in one place.
-from cluster_setup.errors import (
-    ClusterSetupError,
-    ClusterStartError,
-    ClusterStartTimeoutError,
-    EngineNotInstalledError,
-    InvalidAddressError,
-    PortInUseError,
-    SchedulerUnreachableError,
-)
+# unified_map); they are re-exported here so users find every error type in one place. Their
+# names are listed once, in cluster_setup.errors.__all__.
+from cluster_setup import errors as _cluster_errors
+from cluster_setup.errors import *  # noqa: F403
 
 __all__ = [
     "UnifiedMapError",
@@ -26,13 +20,7 @@ __all__ = [
     "ResultMismatchError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
-    "ClusterSetupError",
-    "InvalidAddressError",
-    "PortInUseError",
-    "SchedulerUnreachableError",
-    "ClusterStartError",
-    "ClusterStartTimeoutError",
-    "EngineNotInstalledError",
+    *_cluster_errors.__all__,
 ]
 
 
