@@ -649,47 +649,36 @@ class ClusterSetup:
         received while a ``block=True`` process starts stops it and exits with
         ``SystemExit(128 + SIGTERM)``: there is nothing to serve and no address to return.
         """
+        deadline = time.monotonic() + timeout
         try:
-            return self._poll_until(record, ready, timeout, what)
+            while True:
+                if record.watch is not None and record.watch.received is not None:
+                    raise SystemExit(128 + record.watch.received)
+                value = ready()
+                if value is not None:
+                    return value
+                if not record.running:
+                    tail = record.log_tail()
+                    if "address already in use" in tail.lower():
+                        raise PortInUseError(
+                            98, f"{what} failed: its port is already in use\n{_indent(tail)}"
+                        )
+                    code = record.popen.returncode
+                    raise ClusterStartError(f"{what} exited with code {code}\n{_indent(tail)}")
+                if time.monotonic() > deadline:
+                    raise ClusterStartTimeoutError(
+                        f"{what} did not become ready within {timeout:g} s; "
+                        f"its log ({record.log_path or 'terminal'}) ends with:\n"
+                        f"{_indent(record.log_tail())}"
+                    )
+                time.sleep(0.05)
         except BaseException:
+            # one way out for every failure: forget the process, stop it, restore SIGTERM
             self._forget(record)
             _stop_processes([record])
             if record.watch is not None:
                 record.watch.restore()
             raise
-
-    def _poll_until(
-        self,
-        record: StartedProcess,
-        ready: Callable[[], T | None],
-        timeout: float,
-        what: str,
-    ) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            if record.watch is not None and record.watch.received is not None:
-                raise SystemExit(128 + record.watch.received)
-            value = ready()
-            if value is not None:
-                return value
-            if not record.running:
-                self._forget(record)
-                tail = record.log_tail()
-                code = record.popen.returncode
-                if "address already in use" in tail.lower():
-                    raise PortInUseError(
-                        98, f"{what} failed: its port is already in use\n{_indent(tail)}"
-                    )
-                raise ClusterStartError(f"{what} exited with code {code}\n{_indent(tail)}")
-            if time.monotonic() > deadline:
-                self._forget(record)
-                _stop_processes([record])
-                raise ClusterStartTimeoutError(
-                    f"{what} did not become ready within {timeout:g} s; "
-                    f"its log ({record.log_path or 'terminal'}) ends with:\n"
-                    f"{_indent(record.log_tail())}"
-                )
-            time.sleep(0.05)
 
     def _forget(self, record: StartedProcess) -> None:
         with self._lock:
