@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import itertools
 import reprlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 from unified_map.backends import (
@@ -225,17 +226,16 @@ def _imap(
     # Checked here, before the generator starts, so bad input fails at the call.
     callee = func.func if isinstance(func, _Star) else func
     _validate(callee, backend, chunksize, n_workers, needs_iterables)
-    name = _choose_backend(backend)
     run = _OrderedRun(
-        func,
-        items,
-        n_items,
-        name,
-        n_workers,
-        chunksize,
-        cost_key(callee),
-        progress,
-        describe_as_args,
+        func=func,
+        items=items,
+        n_items=n_items,
+        name=_choose_backend(backend),
+        n_workers=n_workers,
+        chunksize=chunksize,
+        cost_key=cost_key(callee),
+        progress=progress,
+        describe_as_args=describe_as_args,
     )
     return _ResultIterator(run)
 
@@ -295,31 +295,21 @@ class _Task:
         self.start, self.items, self.future, self.outcome = start, items, future, None
 
 
+@dataclasses.dataclass(eq=False, repr=False)  # a repr would print every input item
 class _OrderedRun:
     """One map: submit chunks a bounded distance ahead, collect them, yield in order."""
 
-    def __init__(
-        self,
-        func,
-        items,
-        n_items,
-        name,
-        n_workers,
-        chunksize,
-        cost_key,
-        progress,
-        describe_as_args,
-    ):
-        self.func, self.items, self.n_items = func, items, n_items
-        self.name, self.n_workers, self.chunksize, self.cost_key = (
-            name,
-            n_workers,
-            chunksize,
-            cost_key,
-        )
-        self.progress, self.describe_as_args = progress, describe_as_args
-        self.pending: collections.deque[_Task] = collections.deque()
-        self.exhausted = False
+    func: Callable
+    items: Any  # a list or tuple (sliced into chunks) or an iterator
+    n_items: int | None
+    name: str
+    n_workers: int | None
+    chunksize: int | None
+    cost_key: Hashable | None
+    progress: bool
+    describe_as_args: bool
+    pending: collections.deque[_Task] = dataclasses.field(default_factory=collections.deque)
+    exhausted: bool = False
 
     def chunk_results(self) -> Iterator[list]:
         """Each chunk's list of results, in input order."""
