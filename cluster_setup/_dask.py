@@ -1,11 +1,13 @@
-"""``cluster_setup.dask``: start a Dask scheduler and workers, connect to one, report on it.
+"""``cluster_setup.dask``: only Dask's commands, readiness probes and connection
+(:class:`DaskConnection`): start a scheduler and workers, connect to one, report on it.
 
 Thin wrappers over dask's own command line (``python -m distributed.cli.dask_scheduler`` and
 ``...dask_worker``, what ``dask scheduler`` and ``dask worker`` run) and over
 :class:`distributed.Client`. Each scheduler or worker is a real process of its own, started
 with this interpreter, so it does not share this process's event loop, survives a busy or
 crashed caller until stopped, and is shut down with the engine's own SIGTERM handling.
-``distributed`` is imported only when a method is called.
+``distributed`` is imported only when a method is called. The processes it starts log to
+files; the ``distributed`` loggers of this process are left as the user configured them.
 """
 
 from __future__ import annotations
@@ -18,27 +20,22 @@ import os
 import socket
 import sys
 import threading
-import time
 import uuid
 from typing import Any
 
-from cluster_setup.base import (
+from .addresses import (
     Address,
-    ClusterConnection,
-    ClusterSetup,
-    ClusterStatus,
-    WorkerInfo,
     check_port_free,
     local_address_towards,
     parse_address,
+    same_endpoint,
 )
-from cluster_setup.errors import (
-    EngineNotInstalledError,
-    InvalidAddressError,
-    SchedulerUnreachableError,
-)
+from .base import ClusterSetup
+from .connection import ClusterConnection
+from .errors import EngineNotInstalledError, InvalidAddressError, SchedulerUnreachableError
+from .status import ClusterStatus, WorkerInfo
 
-__all__ = ["DaskSetup", "DaskConnection", "DEFAULT_ADDRESS"]
+__all__ = ["DaskSetup", "DaskConnection", "DEFAULT_ADDRESS", "import_distributed"]
 
 #: Dask's usual scheduler port, on this machine only.
 DEFAULT_ADDRESS = "127.0.0.1:8786"
@@ -46,16 +43,15 @@ DEFAULT_ADDRESS = "127.0.0.1:8786"
 #: Seconds past ``timeout`` that a connection attempt may take to report dask's own error.
 _CONNECT_GRACE_SECONDS = 1.0
 
-_quieted = False
-
 
 def import_distributed():
-    """Import ``distributed``, or raise the install hint; quiet its INFO chatter once.
+    """Import ``distributed``, or raise the install hint naming the pip extra.
 
-    distributed configures its logger to print INFO lines (and warnings when a client closes)
-    on stderr. Unless the user changed that level in dask's config, only errors are shown.
+    Examples
+    --------
+    >>> import_distributed().__name__
+    'distributed'
     """
-    global _quieted
     try:
         import distributed
     except ImportError as exc:
@@ -63,26 +59,32 @@ def import_distributed():
             "cluster_setup.dask needs the package 'distributed', which is not installed: "
             "pip install unified_map[dask]"
         ) from exc
-    if not _quieted:
-        _quieted = True
-        import dask.config
-
-        if str(dask.config.get("logging.distributed", "info")).lower() == "info":
-            logging.getLogger("distributed").setLevel(logging.ERROR)
     return distributed
 
 
 class DaskConnection(ClusterConnection):
     """A :class:`distributed.Client` connected to a scheduler, as ``parallel`` uses it.
 
-    Made by :meth:`DaskSetup.connect_to_scheduler`; a context manager that disconnects at
-    exit.
+    Made by :meth:`DaskSetup.connect_to_scheduler` (or ``start_local_cluster``); a context
+    manager that disconnects at exit.
 
     Attributes
     ----------
     client : distributed.Client
         The client, for anything dask-specific (``connection.client.submit``, ``dask.bag``
         with ``scheduler=connection.client``...). It is not made dask's default client.
+
+    Examples
+    --------
+    >>> from cluster_setup import dask
+    >>> connection = dask.start_local_cluster(1)
+    >>> connection.call(connection.client.submit, abs, -2).result()
+    2
+    >>> connection.slots(), connection.reachable
+    (1, True)
+    >>> connection.disconnect()
+    >>> connection.reachable
+    False
     """
 
     backend_name = "dask"
@@ -90,7 +92,6 @@ class DaskConnection(ClusterConnection):
     def __init__(self, setup: ClusterSetup, address: str, client: Any):
         super().__init__(setup, address)
         self.client = client
-        self._threads = (0.0, 0)
 
     @property
     def reachable(self) -> bool:
@@ -120,20 +121,13 @@ class DaskConnection(ClusterConnection):
                 raise self.lost(exc) from exc
             raise
 
-    def total_threads(self, max_age: float = 1.0) -> int:
-        """The number of worker threads in the cluster, asked of the scheduler at most once
-        per ``max_age`` seconds (a map reads it often).
+    def _count_slots(self) -> int:
+        """Worker threads in the cluster: the tasks it runs at once."""
+        return sum(self.call(self.client.nthreads).values())
 
-        Raises
-        ------
-        SchedulerUnreachableError
-            The scheduler does not answer.
-        """
-        checked_at, threads = self._threads
-        if time.monotonic() - checked_at > max_age:
-            threads = sum(self.call(self.client.nthreads).values())
-            self._threads = (time.monotonic(), threads)
-        return threads
+    def total_threads(self) -> int:
+        """Former name of :meth:`slots`, kept while callers move over."""
+        return self.slots()
 
     def _close(self) -> None:
         # A client whose scheduler is gone waits out its timeout to close, and would try
@@ -181,6 +175,8 @@ class DaskSetup(ClusterSetup):
 
     engine = "dask"
     extra = "dask"
+    local_scheduler_options = {"dashboard_port": None}
+    local_worker_options = {"threads": 1}
 
     def __init__(self) -> None:
         super().__init__()
@@ -383,7 +379,11 @@ class DaskSetup(ClusterSetup):
                 "--dashboard-address",
                 f"{host}:0",
             ]
-            record = self._spawn("worker", where.url, command, block=block, names=names)
+            # The scheduler's own name for itself: stop(address) finds these workers under
+            # any name of that address (a worker joined "localhost:8786", which the
+            # scheduler reports as 127.0.0.1:8786).
+            reported = client.scheduler_info(n_workers=0).get("address") or where.url
+            record = self._spawn("worker", reported, command, block=block, names=names)
 
             def registered():
                 workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -411,7 +411,8 @@ class DaskSetup(ClusterSetup):
 
         While it is active, ``unified_map.parallel(f, xs)`` with no backend (and
         ``backend="dask"``) runs on this cluster. Connecting again disconnects the previous
-        active connection and replaces it.
+        active connection and replaces it; a map running on the previous one in another
+        thread finishes first, and the previous client is closed after it.
 
         Parameters
         ----------
@@ -443,10 +444,11 @@ class DaskSetup(ClusterSetup):
         True
         >>> dask.stop(address)
         """
+        return super().connect_to_scheduler(address, timeout)
+
+    def _connect(self, address: str, timeout: float) -> DaskConnection:
         where = parse_address(address)
-        connection = DaskConnection(self, where.url, self._client(where.url, timeout))
-        self._activate(connection)
-        return connection
+        return DaskConnection(self, where.url, self._client(where.url, timeout))
 
     def report_status(self) -> ClusterStatus:
         """Print a summary of the connected cluster and return it.
@@ -513,7 +515,7 @@ class DaskSetup(ClusterSetup):
                 True,
                 workers,
                 None
-                if connection.address in self._without_dashboard
+                if any(same_endpoint(connection.address, a) for a in self._without_dashboard)
                 else _dashboard_link(identity),
                 started,
             )

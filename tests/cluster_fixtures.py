@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 import cluster_setup
-from cluster_setup.base import ClusterSetup, StartedProcess, _stop_processes
+from cluster_setup.base import ClusterSetup
+from cluster_setup.processes import StartedProcess
 from tests.helpers import is_alive, process_tree_pids
 
 
@@ -57,8 +58,7 @@ class ClusterEngine:
 
     def stop_worker(self, record: StartedProcess) -> None:
         """Stop a worker started by :meth:`start_worker`, and nothing else."""
-        self.setup._forget(record)
-        _stop_processes([record])
+        self.setup.stop_process(record)
 
     def kill_worker(self, record: StartedProcess) -> None:
         """Kill a worker the hard way (SIGKILL to its own process group), as a crash would."""

@@ -23,7 +23,7 @@ import pytest
 
 import cluster_setup
 import unified_map as um
-from cluster_setup.base import ClusterStatus, WorkerInfo, parse_address
+from cluster_setup.addresses import parse_address
 from cluster_setup.errors import (
     ClusterSetupError,
     EngineNotInstalledError,
@@ -31,6 +31,7 @@ from cluster_setup.errors import (
     PortInUseError,
     SchedulerUnreachableError,
 )
+from cluster_setup.status import ClusterStatus, WorkerInfo
 from tests.helpers import BlockingScript, process_tree_pids, run_python
 from unified_map.errors import RemoteTraceback
 
@@ -308,6 +309,26 @@ class ClusterSuite:
         assert not process_tree_pids(pids)
         assert process_tree_pids(p.pid for p in cluster.processes) == cluster.pids()
         engine.setup.stop(address)  # nothing left: harmless
+
+    def test_stop_finds_the_cluster_under_any_name_of_its_address(self, engine):
+        # Started at localhost:0, joined and connected as localhost:PORT, stopped by the
+        # address start_scheduler returned: every process stops, the connection closes.
+        before = {p.pid for p in engine.setup.started}
+        returned = engine.setup.start_scheduler("localhost:0", dashboard_port=None)
+        alias = f"localhost:{parse_address(returned).port}"
+        try:
+            engine.setup.start_worker(alias)
+            ours = [p for p in engine.setup.started if p.pid not in before]
+            assert sorted(p.role for p in ours) == ["scheduler", "worker"]
+            pids = process_tree_pids(p.pid for p in ours)
+            connection = engine.setup.connect_to_scheduler(alias)
+            engine.setup.stop(returned)
+            assert not connection.connected and cluster_setup.active_connection() is None
+            assert not [p for p in engine.setup.started if p.pid not in before]
+            assert not process_tree_pids(pids)
+        finally:
+            engine.setup.stop(alias)
+            engine.setup.stop(returned)
 
     # errors
 

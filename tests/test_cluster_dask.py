@@ -1,24 +1,39 @@
-"""Dask: the generic cluster suite on a real scheduler and two workers, plus what only the
-dask backend does (local cluster on first use, chunks as bytes, remote cancel)."""
+"""Dask: the generic cluster suite on a real scheduler and two workers, plus what only
+dask does (a private local cluster, chunks as bytes, remote cancel, what started processes
+inherit, and dying with a killed driver)."""
 
 from __future__ import annotations
 
-import gc
+import contextlib
+import json
 import logging
 import os
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import threading
 import time
 
+import psutil
 import pytest
 
 import cluster_setup
 import unified_map as um
 from cluster_setup.errors import InvalidAddressError
 from tests.cluster_fixtures import ENGINES, process_tree_pids
-from tests.helpers import run_python
-from tests.test_cluster_common import ClusterSuite, map_while_killing_a_worker
-from unified_map.backends import get_backend
-from unified_map.backends.base import pack, run_packed, unpack_outcome
-from unified_map.backends.dask import SCATTER_BYTES, DaskBackend
+from tests.helpers import is_alive, run_python
+from tests.test_cluster_common import (
+    REPO_ROOT,
+    ClusterSuite,
+    listening_sockets,
+    map_while_killing_a_worker,
+)
+from unified_map.backends import acquire_backend, release_backend
+from unified_map.backends.base import run_packed
+from unified_map.backends.dask import SCATTER_BYTES
 
 
 class TestDaskCluster(ClusterSuite):
@@ -31,8 +46,8 @@ class TestDaskCluster(ClusterSuite):
         return dask_cluster
 
 
-def sleep_then_return(x):
-    time.sleep(0.5)
+def sleep_then_return(x, seconds=0.5):
+    time.sleep(seconds)
     return x
 
 
@@ -43,33 +58,74 @@ def test_same_object_from_both_packages():
     assert dask is cluster_setup.dask and dask.engine == "dask"
 
 
-def test_local_cluster_is_started_once_logged_and_closed(caplog):
+def test_start_local_cluster_is_private_and_stopped_on_disconnect():
     assert cluster_setup.active_connection() is None
-    backend = DaskBackend(n_workers=2)
+    public_before = {p.pid for p in cluster_setup.dask.started}
+    connection = cluster_setup.dask.start_local_cluster(2)
     try:
-        with caplog.at_level(logging.INFO, logger="unified_map.backends.dask"):
-            first = backend.submit(run_packed, pack(abs, [-1])).result(timeout=60)
-            second = backend.submit(run_packed, pack(abs, [-2])).result(timeout=60)
-        assert unpack_outcome(first).results == [1] and unpack_outcome(second).results == [2]
-        logged = [r for r in caplog.records if r.name == "unified_map.backends.dask"]
-        assert len(logged) == 1 and logged[0].levelno == logging.INFO
-        assert "local dask cluster" in logged[0].getMessage()
-        assert "127.0.0.1" in logged[0].getMessage()
-        local = backend._local
-        pids = process_tree_pids(p.pid for p in local.setup.started)
-        log_dir = local.setup._log_dir
-        assert len(local.client.nthreads()) == 2 and backend.n_workers == 2
+        # private: its own setup object, not made active, not among the public object's
+        assert connection.setup is not cluster_setup.dask and not connection.active
+        assert cluster_setup.active_connection() is None
+        assert {p.pid for p in cluster_setup.dask.started} == public_before
+        records = connection.setup.started
+        assert sorted(r.role for r in records) == ["scheduler", "worker"]
+        pids = process_tree_pids(r.pid for r in records)
+        log_dirs = {os.path.dirname(r.log_path) for r in records}
+        assert all(os.path.isdir(log_dir) for log_dir in log_dirs)
+        assert connection.slots() == 2 and len(connection.client.nthreads()) == 2
+        assert connection.client.submit(abs, -3).result(timeout=60) == 3
+        assert {ip for _, ip, _ in listening_sockets(pids)} == {"127.0.0.1"}
     finally:
-        backend.close()
+        connection.disconnect()
     assert not process_tree_pids(pids)
-    backend.close()  # twice is harmless
-    del local
-    gc.collect()
-    assert not os.path.exists(log_dir)  # its processes' logs go with the private setup
+    assert not any(os.path.exists(log_dir) for log_dir in log_dirs)  # its logs go with it
+    assert connection.setup.started == [] and not connection.connected
+    connection.disconnect()  # twice is harmless
+
+
+def test_reconnecting_lets_another_threads_running_work_finish(dask_cluster):
+    # One thread runs work on the active connection (holding it in use, as a map does);
+    # another connects again, which replaces and disconnects that connection: the work must
+    # still complete, and the replaced client close once the work is done.
+    first = cluster_setup.dask.connect_to_scheduler(dask_cluster.address, timeout=30)
+    running, outcome = threading.Event(), {}
+
+    def work():
+        try:
+            with first.in_use():
+                future = first.client.submit(sleep_then_return, 7, 2.0, pure=False)
+                running.set()
+                outcome["value"] = future.result(timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
+        finally:
+            running.set()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    second = None
+    try:
+        assert running.wait(60)
+        second = cluster_setup.dask.connect_to_scheduler(dask_cluster.address, timeout=30)
+        assert cluster_setup.active_connection() is second
+        assert not first.connected and not first.active  # replaced at once...
+        thread.join(60)
+        assert outcome == {"value": 7}  # ...but its user's work completed
+        assert first.client.status == "closed"  # and it closed once its user left
+    finally:
+        thread.join(60)
+        first.disconnect()
+        if second is not None:
+            second.disconnect()
+    assert cluster_setup.active_connection() is None
 
 
 def test_n_workers_is_the_clusters_thread_count_when_connected(dask_connection):
-    assert get_backend("dask").n_workers == 2
+    backend = acquire_backend("dask")
+    try:
+        assert backend.n_workers == 2 and dask_connection.slots() == 2
+    finally:
+        release_backend(backend)
 
 
 def test_chunks_are_submitted_as_one_bytes_blob(dask_connection, monkeypatch):
@@ -196,3 +252,164 @@ def test_a_foreign_service_is_unreachable_and_leaves_no_noise_at_exit():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "unreachable True", result.stdout + result.stderr
     assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+# -- what started processes inherit ---------------------------------------------------------
+
+
+def interpreter_folders() -> list[str]:
+    """This interpreter's standard library and site-packages folders."""
+    paths = sysconfig.get_paths()
+    found = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    found += site.getsitepackages()
+    return sorted({os.path.realpath(path) for path in found})
+
+
+def other_python() -> str:
+    """Another Python than this one when the machine has one, else this one."""
+    for candidate in ("/usr/bin/python3", shutil.which("python3") or ""):
+        if candidate and os.path.realpath(candidate) != os.path.realpath(sys.executable):
+            return candidate
+    return sys.executable
+
+
+def start_another_python(python: str) -> tuple[int, list[str], int]:
+    """Run in a task: start ``python`` as a task might, and use a module of the user's."""
+    import my_task_helpers  # noqa: F401 - from the user's folder, through PYTHONPATH
+
+    result = subprocess.run(
+        [python, "-c", "import re, sys, json; print(json.dumps(sys.path))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, json.loads(result.stdout or "[]"), my_task_helpers.VALUE
+
+
+def test_started_workers_get_only_the_users_import_folders(dask_cluster, tmp_path, monkeypatch):
+    (tmp_path / "my_task_helpers.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    engine = ENGINES["dask"]
+    record = engine.start_worker(dask_cluster.address)
+    try:
+        environ = psutil.Process(record.pid).environ()
+        paths = [os.path.realpath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep)]
+        assert os.path.realpath(tmp_path) in paths
+        ours = interpreter_folders()
+        assert not [p for p in paths if any(p == f or p.startswith(f + os.sep) for f in ours)]
+        assert psutil.Process(record.pid).exe() == psutil.Process().exe()  # same interpreter
+        with cluster_setup.dask.connect_to_scheduler(dask_cluster.address) as connection:
+            future = connection.client.submit(
+                start_another_python, other_python(), workers=record.names, pure=False
+            )
+            returncode, their_path, value = future.result(timeout=120)
+        assert returncode == 0 and value == 7
+        leaked = [p for p in their_path if p and os.path.realpath(p) in ours]
+        assert other_python() == sys.executable or not leaked, leaked
+    finally:
+        engine.stop_worker(record)
+
+
+# -- the user's loggers and a clean stderr ----------------------------------------------------
+
+
+def test_distributed_logger_is_left_as_the_user_set_it(dask_connection):
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    assert um.parallel(abs, [-1, -2], backend="dask") == [1, 2]
+    cluster_setup.dask.report_status()
+    assert logger.level == level
+
+    received = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            received.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    memory = logging.getLogger("distributed.worker.memory")
+    memory.addHandler(handler)
+    try:
+        memory.warning("Unmanaged memory use is high")
+    finally:
+        memory.removeHandler(handler)
+    assert received == ["Unmanaged memory use is high"]
+
+
+def test_a_script_using_a_dask_cluster_prints_nothing_on_stderr():
+    result = run_python(
+        """
+        import unified_map as um
+        from cluster_setup import dask
+        address = dask.start_scheduler("127.0.0.1:0")
+        dask.start_worker(address, n_workers=2)
+        with dask.connect_to_scheduler(address):
+            print(um.parallel(abs, [-1, -2, -3]))
+        local = dask.start_local_cluster(1)
+        print(local.client.submit(abs, -4).result())
+        local.disconnect()
+        dask.connect_to_scheduler(address)
+        dask.stop()
+        """,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[1,", "2,", "3]", "4"]
+    assert result.stderr == ""
+
+
+# -- dying with the driver --------------------------------------------------------------------
+
+DRIVER_SCRIPT = """
+import json, os, time
+from cluster_setup import dask
+address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+dask.start_worker(address, n_workers=1)
+local = dask.start_local_cluster(1)
+records = dask.started + local.setup.started
+print(json.dumps({
+    "pids": [r.pid for r in records],
+    "log_dirs": sorted({os.path.dirname(r.log_path) for r in records}),
+}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_background_clusters_die_with_a_killed_driver():
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER_SCRIPT],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: set[int] = set()
+    log_dirs: list[str] = []
+    try:
+        line = driver.stdout.readline()
+        assert line, driver.stderr.read()
+        started = json.loads(line)
+        log_dirs = started["log_dirs"]
+        # the cluster processes, their children, and whatever else the driver runs (a watch)
+        pids = process_tree_pids(started["pids"]) | process_tree_pids([driver.pid])
+        pids.discard(driver.pid)
+        assert len(started["pids"]) == 4 and all(os.path.isdir(d) for d in log_dirs)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+        deadline = time.monotonic() + 90  # a correctness bound, not a speed target
+        while time.monotonic() < deadline:
+            if not [p for p in pids if is_alive(p)] and not any(map(os.path.exists, log_dirs)):
+                break
+            time.sleep(0.2)
+        assert not [p for p in pids if is_alive(p)], "cluster processes outlived the driver"
+        assert not [d for d in log_dirs if os.path.exists(d)], "log folders left behind"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        for log_dir in log_dirs:
+            shutil.rmtree(log_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ Examples
 
 from __future__ import annotations
 
-import cluster_setup
+from unified_map._cluster import cluster_setup
 from unified_map.backends import available_backends, register_backend
 from unified_map.benchmark import benchmark
 from unified_map.errors import (

@@ -9,8 +9,10 @@ from __future__ import annotations
 # Errors of starting and connecting to clusters live with cluster_setup (which must not import
 # unified_map); they are re-exported here so users find every error type in one place. Their
 # names are listed once, in cluster_setup.errors.__all__.
-from cluster_setup import errors as _cluster_errors
-from cluster_setup.errors import *  # noqa: F403
+from unified_map._cluster import cluster_setup as _cluster_setup
+
+_cluster_errors = _cluster_setup.errors
+globals().update({name: getattr(_cluster_errors, name) for name in _cluster_errors.__all__})
 
 __all__ = [
     "UnifiedMapError",
