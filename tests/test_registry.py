@@ -8,7 +8,7 @@ import pytest
 
 import unified_map as um
 from tests.helpers import run_python
-from unified_map.backends import backend_class, get_backend
+from unified_map.backends import acquire_backend, backend_class, is_warm, release_backend
 from unified_map.errors import BackendNotInstalledError, UnknownBackendError
 
 
@@ -78,17 +78,22 @@ def test_local_pool_stays_warm_between_calls():
     )
     assert os.getpid() not in first
     assert again <= first  # no new process: the same warm workers served both calls
-    assert get_backend("multiprocessing") is get_backend("multiprocessing")
+    assert is_warm("multiprocessing")
 
 
 @pytest.mark.parametrize("name", ["multiprocessing", "futures", "joblib", "threads"])
 def test_pool_is_resized_when_n_workers_changes(name):
-    one = get_backend(name, 1)
+    one = acquire_backend(name, 1)
+    release_backend(one)
     assert one.n_workers == 1
     assert um.parallel(lambda x: x + 1, range(10), backend=name, n_workers=1) == list(range(1, 11))
-    two = get_backend(name, 2)
+    two = acquire_backend(name, 2)
+    release_backend(two)
     assert two is not one and two.n_workers == 2
     assert um.parallel(lambda x: x + 1, range(10), backend=name, n_workers=2) == list(range(1, 11))
+    again = acquire_backend(name, 2)
+    release_backend(again)
+    assert again is two  # kept warm at its size
 
 
 def test_no_backend_and_no_connection_means_a_local_process_pool():

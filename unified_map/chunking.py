@@ -13,11 +13,12 @@ one-item chunks (a probe costs a full round-trip, about 20 ms on a dask cluster)
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import threading
+import types
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any
 
 #: Aim for chunks that compute this long: long enough to hide a round-trip to a worker
 #: (0.1-2 ms locally, a few ms on a cluster), short enough to balance load and stream results.
@@ -35,6 +36,10 @@ MAX_UNSIZED_CHUNK = 10_000
 #: Nor more than this many bytes of pickled payload per chunk, when payload size is known
 #: (the default; each backend sets its own, see ``Backend.max_chunk_bytes``).
 MAX_CHUNK_BYTES = 32 * 2**20
+#: Pickled payload of the chunks submitted and not yet finished, at most (but always at least
+#: one chunk): on a cluster of a thousand slots, chunks in flight would otherwise hold the
+#: caller's memory many gigabytes deep.
+MAX_BYTES_IN_FLIGHT = 512 * 2**20
 #: How many functions' costs are remembered (least recently used ones are forgotten).
 REMEMBERED_FUNCTIONS = 256
 
@@ -43,24 +48,36 @@ _remembered_lock = threading.Lock()
 
 
 def cost_key(func: Callable) -> Hashable | None:
-    """What identifies "the same function" across calls: its code object when it has one, so
-    a lambda re-created on each loop iteration is still recognised; else the callable itself.
+    """What identifies "the same function" across calls, without keeping anything of the
+    user's alive: a code object when there is one (so a lambda re-created on each loop
+    iteration is still recognised, and a ``functools.partial`` binding a 400 MB model is
+    remembered by its function's code, not by the partial), else names (for builtins, whose
+    bound ``__self__`` may be a big dict).
 
     Examples
     --------
+    >>> import functools
     >>> def twice(x):
     ...     return 2 * x
     >>> cost_key(twice) is twice.__code__
     True
-    >>> cost_key(abs) is abs
+    >>> cost_key(functools.partial(twice)) is twice.__code__
     True
+    >>> cost_key({}.get)
+    ('builtin_function_or_method', 'dict.get')
     """
-    key: Any = getattr(func, "__code__", func)
-    try:
-        hash(key)
-    except TypeError:
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is None:  # an instance of a class with a Python __call__
+        call = getattr(type(func), "__call__", None)  # noqa: B004 - the method, not a test
+        code = getattr(call, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return code
+    name = getattr(func, "__qualname__", None)
+    if not isinstance(name, str):
         return None
-    return key
+    return (type(func).__qualname__, name)
 
 
 def _recall(key: Hashable | None) -> float | None:

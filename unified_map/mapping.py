@@ -10,11 +10,13 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
+import queue
 import reprlib
 import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
+from unified_map._cluster import cluster_setup
 from unified_map.backends import (
     DEFAULT_LOCAL_BACKEND,
     acquire_backend,
@@ -30,7 +32,7 @@ from unified_map.backends.base import (
     run_packed,
     unpack_outcome,
 )
-from unified_map.chunking import ChunkSizer, cost_key, iter_chunks
+from unified_map.chunking import MAX_BYTES_IN_FLIGHT, ChunkSizer, cost_key, iter_chunks
 from unified_map.errors import RemoteTraceback, WorkerLostError
 
 __all__ = ["parallel", "imap", "starmap"]
@@ -276,28 +278,37 @@ class _ResultIterator:
 def _choose_backend(name: str | None) -> str:
     """The backend name a map runs on; fails at once on an unknown or missing backend."""
     if name is None:
-        import cluster_setup  # imports no engine: the setups load theirs when used
-
         connection = cluster_setup.active_connection()
         name = connection.backend_name if connection is not None else DEFAULT_LOCAL_BACKEND
-    if inside_worker() and backend_class(name).starts_local_processes:
-        # A map nested in a worker's task: the outer map already keeps every core busy, and
-        # pool workers cannot start pools of their own (daemonic) or hang at exit joining them.
-        name = "serial"
     backend_class(name)  # raise UnknownBackendError / BackendNotInstalledError now
+    if inside_worker():
+        # A map nested in a worker's task runs there, serially: the outer map already keeps
+        # every worker busy (on `threads` the inner map would queue behind the very tasks
+        # that wait for it), pool workers may not have children, and a cluster task must not
+        # start a cluster of its own.
+        return "serial"
     return name
 
 
 class _Task:
-    __slots__ = ("start", "items", "future", "outcome")
+    """One submitted chunk: where it starts, its items (for the error note), its future."""
 
-    def __init__(self, start: int, items: list, future: concurrent.futures.Future):
-        self.start, self.items, self.future, self.outcome = start, items, future, None
+    __slots__ = ("start", "items", "future", "n_bytes", "outcome")
+
+    def __init__(self, start: int, items: list, future: concurrent.futures.Future, n_bytes: int):
+        self.start, self.items, self.future, self.n_bytes = start, items, future, n_bytes
+        self.outcome: ChunkOutcome | None = None
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # a repr would print every input item
 class _OrderedRun:
-    """One map: submit chunks a bounded distance ahead, collect them, yield in order."""
+    """One map: submit chunks a bounded distance ahead, collect them, yield in order.
+
+    The bookkeeping costs the same per chunk whatever the number of workers: finished chunks
+    arrive on a queue (filled by the futures' done-callbacks) and running ones are counted,
+    so nothing is rescanned per chunk, which on a cluster of a thousand slots would make the
+    caller the bottleneck.
+    """
 
     func: Callable
     items: Any  # a list or tuple (sliced into chunks) or an iterator
@@ -308,21 +319,25 @@ class _OrderedRun:
     cost_key: Hashable | None
     progress: bool
     describe_as_args: bool
-    pending: collections.deque[_Task] = dataclasses.field(default_factory=collections.deque)
-    exhausted: bool = False
 
     def chunk_results(self) -> Iterator[list]:
         """Each chunk's list of results, in input order."""
-        # The backend is taken when the map starts and given back when it ends: counted, so
-        # that another thread resizing the pool cannot close it under this map.
-        self.backend = acquire_backend(self.name, self.n_workers)
+        # Counted as a user of the backend from start to end: another thread resizing the
+        # pool or reconnecting cannot close it under this map.
+        backend = acquire_backend(self.name, self.n_workers)
         try:
-            yield from self._run()
+            with backend.lease():
+                yield from self._run(backend)
         finally:
-            release_backend(self.backend)
+            release_backend(backend)
 
-    def _run(self) -> Iterator[list]:
-        backend = self.backend
+    def _run(self, backend) -> Iterator[list]:
+        self.backend = backend
+        self.pending: collections.deque[_Task] = collections.deque()  # submitted, in order
+        self.finished: queue.SimpleQueue[_Task] = queue.SimpleQueue()  # done, not collected
+        self.running = 0  # submitted and not yet collected
+        self.bytes_in_flight = 0
+        self.exhausted = False
         self.sizer = ChunkSizer(
             self.chunksize,
             self.n_items,
@@ -340,7 +355,8 @@ class _OrderedRun:
                 if not self.pending:
                     return
                 task = self.pending[0]
-                self._wait_for(task)
+                while task.outcome is None:
+                    self._collect()
                 self.pending.popleft()
                 outcome = task.outcome
                 if outcome.failure is not None:
@@ -350,16 +366,16 @@ class _OrderedRun:
                 yield outcome.results
         except KeyboardInterrupt:
             # Stop the workers now rather than let them finish work nobody will collect.
-            discard_backend(self.backend, abort=True)
+            discard_backend(backend, abort=True)
             raise
         except WorkerLostError:
-            discard_backend(self.backend, abort=True)
+            discard_backend(backend, abort=True)
             raise
-        except self.backend.worker_lost_errors as exc:
-            discard_backend(self.backend, abort=True)
-            raise WorkerLostError(f"backend {self.backend.name!r} lost a worker: {exc}") from exc
+        except backend.worker_lost_errors as exc:
+            discard_backend(backend, abort=True)
+            raise WorkerLostError(f"backend {backend.name!r} lost a worker: {exc}") from exc
         finally:
-            self.backend.cancel([task.future for task in self.pending])
+            backend.cancel([task.future for task in self.pending if task.outcome is None])
             self.pending.clear()
             if bar is not None:
                 bar.close()
@@ -372,22 +388,31 @@ class _OrderedRun:
         return tqdm(total=self.n_items, unit="item", file=sys.stderr, desc=self.backend.name)
 
     def _submit_more(self) -> None:
-        # Keep up to max_in_flight chunks running, and never more than twice that waiting to
-        # be consumed: that bound is what keeps imap lazy and its memory flat.
+        # Keep up to max_in_flight chunks running (and their payload under a byte budget),
+        # and never more than twice that waiting to be consumed: that bound is what keeps
+        # imap lazy and its memory flat.
         limit = self.backend.max_in_flight
-        while not self.exhausted and len(self.pending) < 2 * limit:
-            if sum(not task.future.done() for task in self.pending) >= limit:
-                return
+        while (
+            not self.exhausted
+            and self.running < limit
+            and len(self.pending) < 2 * limit
+            and (self.bytes_in_flight < MAX_BYTES_IN_FLIGHT or self.running == 0)
+        ):
             chunk = next(self.chunks, None)
             if chunk is None:
                 self.exhausted = True
                 return
             start, items = chunk
-            self.pending.append(_Task(start, items, self._submit(start, items)))
+            future, n_bytes = self._submit(start, items)
+            task = _Task(start, items, future, n_bytes)
+            self.pending.append(task)
+            self.running += 1
+            self.bytes_in_flight += n_bytes
+            future.add_done_callback(lambda _, task=task: self.finished.put(task))
 
-    def _submit(self, start: int, items: list) -> concurrent.futures.Future:
+    def _submit(self, start: int, items: list) -> tuple[concurrent.futures.Future, int]:
         if self.backend.in_process:
-            return self.backend.submit(run_chunk, self.func, items)
+            return self.backend.submit(run_chunk, self.func, items), 0
         try:
             blob = pack(self.func, items)
         except Exception as exc:
@@ -399,27 +424,33 @@ class _OrderedRun:
             )
             raise
         self.sizer.observe_bytes(len(items), len(blob))
-        return self.backend.submit(run_packed, blob)
+        return self.backend.submit(run_packed, blob), len(blob)
 
-    def _wait_for(self, task: _Task) -> None:
-        while task.outcome is None:
-            running = [t.future for t in self.pending if t.outcome is None]
-            done, _ = concurrent.futures.wait(
-                running,
-                timeout=HEALTH_CHECK_SECONDS,
-                return_when=concurrent.futures.FIRST_COMPLETED,
-            )
-            if not done:
-                self.backend.check_health()
-            if self.sizer.knows_sizes:
-                # Keep the workers fed before spending time unpacking results: a worker that
-                # finished waits idle until the next chunk arrives.
-                self._submit_more()
-            for other in self.pending:
-                if other.outcome is None and other.future.done():
-                    other.outcome = self._outcome(other.future.result())
-                    self.sizer.observe(len(other.outcome.results) or 1, other.outcome.seconds)
+    def _collect(self) -> None:
+        """Wait for at least one chunk to finish (watching the engine's health meanwhile),
+        then take every finished one."""
+        try:
+            done = [self.finished.get(timeout=HEALTH_CHECK_SECONDS)]
+        except queue.Empty:
+            self.backend.check_health()
+            return
+        while True:
+            try:
+                done.append(self.finished.get_nowait())
+            except queue.Empty:
+                break
+        for task in done:
+            self.running -= 1
+            self.bytes_in_flight -= task.n_bytes
+        if self.sizer.knows_sizes:
+            # Keep the workers fed before spending time unpacking results: a worker that
+            # finished waits idle until the next chunk arrives.
             self._submit_more()
+        for task in done:
+            if task.future.cancelled():
+                continue
+            task.outcome = self._outcome(task.future.result())
+            self.sizer.observe(len(task.outcome.results) or 1, task.outcome.seconds)
 
     def _outcome(self, value: Any) -> ChunkOutcome:
         return value if self.backend.in_process else unpack_outcome(value)

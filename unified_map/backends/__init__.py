@@ -24,11 +24,12 @@ __all__ = [
     "register_backend",
     "available_backends",
     "backend_class",
-    "get_backend",
-    "close_backend",
-    "discard_backend",
     "acquire_backend",
     "release_backend",
+    "discard_backend",
+    "close_backend",
+    "is_warm",
+    "shutdown_all",
 ]
 
 
@@ -134,115 +135,146 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(module, class_name)
 
 
-# Warm backends, one per name: a research script calling parallel() in a loop must not pay
-# pool start-up on every call. Guarded by a lock because maps may run from several threads.
-_warm: dict[str, Backend] = {}
-_warm_lock = threading.Lock()
-
-
-def get_backend(name: str, n_workers: int | None = None) -> Backend:
-    """The warm backend for ``name``, created on first use and resized when ``n_workers``
-    changes.
-
-    A backend replaced while a map still uses it (another thread asked for another size) is
-    closed when that map ends, not under it.
-
-    Examples
-    --------
-    >>> get_backend("threads", 2) is get_backend("threads", 2)
-    True
-    """
-    cls = backend_class(name)
-    with _warm_lock:
-        backend = _warm.get(name)
-        if backend is not None and n_workers is not None and backend.requested_workers != n_workers:
-            _retire(_warm.pop(name))
-            backend = None
-        if backend is None:
-            backend = _warm[name] = cls(n_workers)
-        return backend
-
-
-# How many maps are using each backend right now (by id), and the replaced ones to close
-# once their last map ends. Guarded by _warm_lock.
-_users: dict[int, int] = {}
-_retired: dict[int, Backend] = {}
+# Warm backends, one per (name, size): a research script calling parallel() in a loop must not
+# pay pool start-up on every call. Maps come from several threads, so looking a backend up and
+# counting the map as its user happen under one lock: a backend is never closed between the
+# two. A backend replaced by another size is closed when its last map ends (retired).
+_lock = threading.Lock()
+_warm: dict[tuple[str, int], Backend] = {}
+_users: dict[int, int] = {}  # id(backend) -> maps using it now
+_retired: dict[int, Backend] = {}  # replaced, closed when their last map ends
+_transient: set[int] = set()  # bound to a cluster connection for one map, never kept warm
 
 
 def acquire_backend(name: str, n_workers: int | None = None) -> Backend:
-    """:func:`get_backend`, counted as in use until :func:`release_backend`."""
-    backend = get_backend(name, n_workers)
-    with _warm_lock:
+    """The backend a map on ``name`` runs on, counted as in use until
+    :func:`release_backend`.
+
+    A local pool is kept warm per size; ``n_workers=None`` means every core each time it is
+    asked. A cluster backend is bound to the active connection of its engine when there is
+    one (never kept warm: the connection is), else to a private local cluster kept warm.
+
+    Examples
+    --------
+    >>> backend = acquire_backend("threads", 2)
+    >>> backend.n_workers, is_warm("threads")
+    (2, True)
+    >>> release_backend(backend)
+    """
+    cls = backend_class(name)
+    connected = cls.connected_instance()
+    with _lock:
+        if connected is not None:
+            backend = connected
+            _transient.add(id(backend))
+        else:
+            key = (name, cls.size_for(n_workers))
+            backend = _warm.get(key)
+            if backend is None:
+                for other in [k for k in _warm if k[0] == name]:
+                    _retire(_warm.pop(other))
+                backend = _warm[key] = cls(key[1])
+                _run_exit_hook_first()
         _users[id(backend)] = _users.get(id(backend), 0) + 1
     return backend
 
 
 def release_backend(backend: Backend) -> None:
     """A map is done with ``backend``; close it if it was replaced meanwhile."""
-    with _warm_lock:
+    with _lock:
         remaining = _users.get(id(backend), 1) - 1
         if remaining:
             _users[id(backend)] = remaining
             return
         _users.pop(id(backend), None)
-        retired = _retired.pop(id(backend), None)
-    if retired is not None:
-        retired.close()
+        closing = _retired.pop(id(backend), None)
+        if id(backend) in _transient:
+            _transient.discard(id(backend))
+            closing = backend
+    if closing is not None:
+        closing.shutdown()
 
 
 def _retire(backend: Backend) -> None:
-    # Called with _warm_lock held.
+    # Called with _lock held.
     if _users.get(id(backend)):
         _retired[id(backend)] = backend
     else:
-        backend.close()
+        backend.shutdown()
 
 
 def discard_backend(backend: Backend, *, abort: bool = False) -> None:
-    """Forget a warm backend (it lost a worker, or the user pressed Ctrl-C) and stop it."""
-    with _warm_lock:
-        if _warm.get(backend.name) is backend:
-            del _warm[backend.name]
+    """Forget a warm backend (it lost a worker, or the user pressed Ctrl-C) and stop it;
+    ``abort`` stops its running tasks at once."""
+    with _lock:
+        for key, warm in list(_warm.items()):
+            if warm is backend:
+                del _warm[key]
         _retired.pop(id(backend), None)
-    backend.abort() if abort else backend.close()
+    backend.shutdown(wait=not abort, cancel_futures=abort)
 
 
 def close_backend(name: str) -> bool:
-    """Close the warm instance of ``name``, if there is one; the next map starts afresh.
+    """Close the warm instances of ``name``; the next map starts afresh.
 
-    Returns whether there was one. Benchmarks use it to time a backend's real start-up.
+    Returns whether there was one. Benchmarks use it to time a backend's real start-up. A
+    map still running on one keeps it until it ends.
 
     Examples
     --------
-    >>> _ = get_backend("threads", 1)
-    >>> close_backend("threads"), close_backend("threads")
-    (True, False)
+    >>> release_backend(acquire_backend("threads", 1))
+    >>> close_backend("threads"), close_backend("threads"), is_warm("threads")
+    (True, False, False)
     """
-    with _warm_lock:
-        backend = _warm.pop(name, None)
-        if backend is not None:
-            _retire(backend)
-    return backend is not None
+    with _lock:
+        keys = [key for key in _warm if key[0] == name]
+        for key in keys:
+            _retire(_warm.pop(key))
+    return bool(keys)
 
 
-@atexit.register
+def is_warm(name: str) -> bool:
+    """Whether a warm instance of ``name`` is kept for the next map.
+
+    Examples
+    --------
+    >>> is_warm("no-such-backend")
+    False
+    """
+    with _lock:
+        return any(key[0] == name for key in _warm)
+
+
 def shutdown_all() -> None:
-    """Close every warm backend; registered to run at interpreter exit."""
-    with _warm_lock:
+    """Close every warm backend; runs at interpreter exit."""
+    with _lock:
         backends = list(_warm.values()) + list(_retired.values())
         _warm.clear()
         _retired.clear()
     for backend in backends:
-        backend.close()
+        backend.shutdown()
+
+
+def _run_exit_hook_first() -> None:
+    # atexit runs the last registered hook first. multiprocessing registers its own hook,
+    # which tears pools down through the "dead worker" path, when a pool is first made: ours
+    # must come after it so that it runs before it, or a script's stderr ends with "Exception
+    # ignored in ... Pool.__del__". Called with _lock held, after a backend was made.
+    atexit.unregister(shutdown_all)
+    atexit.register(shutdown_all)
+
+
+atexit.register(shutdown_all)
 
 
 def _forget_parents_backends() -> None:
-    # A forked child inherits the dict but not the parent's pool threads: start afresh.
-    global _warm_lock
+    # A forked child inherits the dicts but not the parent's pool threads: start afresh.
+    global _lock
     _warm.clear()
     _users.clear()
     _retired.clear()
-    _warm_lock = threading.Lock()
+    _transient.clear()
+    _lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -1,7 +1,8 @@
 """The backend contract, documented once, and the code that runs a chunk on any engine.
 
-A backend is a small executor: ``submit(fn, *args)`` runs ``fn(*args)`` on its engine and
-returns a :class:`concurrent.futures.Future`; ``close()`` releases the engine. Chunk sizing,
+A backend is a small :class:`concurrent.futures.Executor`: ``submit(fn, *args)`` runs
+``fn(*args)`` on its engine and returns a :class:`~concurrent.futures.Future`;
+``shutdown(wait, cancel_futures=...)`` releases the engine. Chunk sizing,
 zipping, ordering, progress, laziness and error reporting all live in
 :mod:`unified_map.mapping`, so a backend only has to move work and results.
 
@@ -14,6 +15,8 @@ serialises a plain list element by element, about 40x slower than one pickled bl
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import math
 import os
 import pickle
 import threading
@@ -27,6 +30,9 @@ import cloudpickle
 
 from unified_map.chunking import TARGET_CHUNK_SECONDS
 from unified_map.errors import UnpicklableRemoteError
+
+# How deep this thread is in running chunks: above 0 inside a worker's task (any backend).
+_worker_state = threading.local()
 
 
 @dataclass
@@ -63,6 +69,7 @@ def run_chunk(func: Callable, items: list) -> ChunkOutcome:
     """
     results: list = []
     start = time.perf_counter()
+    _worker_state.depth = getattr(_worker_state, "depth", 0) + 1
     try:
         # extend(map(...)) is the fastest loop CPython has, and keeps the results computed
         # before an exception, so len(results) is the index of the failing item.
@@ -71,6 +78,8 @@ def run_chunk(func: Callable, items: list) -> ChunkOutcome:
         # thread or process that let them escape would die and leave its task unfinished.
         failure = ChunkFailure(len(results), exc, traceback.format_exc())
         return ChunkOutcome(results, failure, time.perf_counter() - start)
+    finally:
+        _worker_state.depth -= 1
     if len(results) < len(items):
         # func raised StopIteration, which map() takes for "no more items": the rest of the
         # chunk would vanish silently. Report it as PEP 479 does for generators.
@@ -89,14 +98,13 @@ def pack(func: Callable, items: list) -> bytes:
     return cloudpickle.dumps((func, items), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-_worker_state = threading.local()
-
-
 def inside_worker() -> bool:
-    """True while this thread runs a chunk for a process or cluster backend.
+    """True while this thread runs a chunk of a map, on any backend.
 
-    A map started from there (a nested ``parallel``) must not start a local process pool:
-    the outer map already uses every core, and pool workers may not have children.
+    A map started from there (a nested ``parallel``) runs serially in that worker: the outer
+    map already keeps every worker busy, so a nested map queued on the same pool would wait
+    for the tasks that wait for it (a deadlock on ``threads``), pool workers may not have
+    children, and a cluster task must not start a cluster of its own.
 
     Examples
     --------
@@ -117,11 +125,7 @@ def run_packed(blob: bytes) -> bytes:
     ['1', '2']
     """
     func, items = cloudpickle.loads(blob)
-    _worker_state.depth = getattr(_worker_state, "depth", 0) + 1
-    try:
-        outcome = run_chunk(func, items)
-    finally:
-        _worker_state.depth -= 1
+    outcome = run_chunk(func, items)
     if outcome.failure is not None:
         # The worker's traceback travels as text (traceback_text). Where tblib's pickling is
         # installed (distributed installs it at import) the exception would otherwise carry
@@ -172,18 +176,67 @@ def unpack_outcome(blob: bytes) -> ChunkOutcome:
 
 
 def default_worker_count() -> int:
-    """Cores this process may use (respects CPU affinity, as set by HPC batch systems)."""
+    """Cores this process may use: its CPU affinity (as set by HPC batch systems), capped by a
+    cgroup CPU quota (containers, SLURM with cgroups), which affinity does not show.
+
+    Examples
+    --------
+    >>> 1 <= default_worker_count() <= (os.cpu_count() or 1)
+    True
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, quota)) if quota is not None else cores
 
 
-class Backend:
-    """Base class of every backend: a tiny executor that runs chunks of a map on one engine.
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
+    """The CPU quota of this process's cgroup, rounded up to whole cores, or None if unlimited.
 
-    Subclasses set :attr:`name`, implement :meth:`submit` and :meth:`close`, and may override
-    :meth:`abort` (stop running work now) and :meth:`cancel`. Instances are context managers.
+    Reads cgroup v2 (``cpu.max``: ``"quota period"`` or ``"max period"``) or v1
+    (``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = tempfile.mkdtemp()
+    >>> _ = (pathlib.Path(root) / "cpu.max").write_text("150000 100000\\n")
+    >>> cgroup_cpu_limit(root)
+    2
+    >>> _ = (pathlib.Path(root) / "cpu.max").write_text("max 100000\\n")
+    >>> cgroup_cpu_limit(root) is None
+    True
+    """
+    try:
+        with open(os.path.join(root, "cpu.max")) as file:
+            quota, period = file.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as file:
+                quota = file.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as file:
+                period = file.read().strip()
+        except OSError:
+            return None
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    if quota_us <= 0 or period_us <= 0:  # v1 writes -1 for "no quota"
+        return None
+    return max(1, math.ceil(quota_us / period_us))
+
+
+class Backend(concurrent.futures.Executor):
+    """Base class of every backend: a small executor that runs chunks of a map on one engine.
+
+    It speaks :class:`concurrent.futures.Executor`'s vocabulary: subclasses set :attr:`name`,
+    implement :meth:`submit` and :meth:`shutdown`, and may override :meth:`cancel` (withdraw
+    many tasks at once) and :meth:`check_health`. ``shutdown(wait=False,
+    cancel_futures=True)`` stops running work now (Ctrl-C, a lost worker). Instances are
+    context managers that shut down at exit.
 
     Parameters
     ----------
@@ -212,8 +265,7 @@ class Backend:
     #: How long a chunk should compute once the cost per item is known; engines with a larger
     #: fixed cost per task raise it.
     target_chunk_seconds: float = TARGET_CHUNK_SECONDS
-    #: True for backends that start local worker processes; a map nested in a worker of a
-    #: process or cluster backend runs such a backend's work serially instead.
+    #: True for backends that start local worker processes.
     starts_local_processes: bool = False
     #: Largest pickled payload per chunk. Local pools move chunks through pipes, where small
     #: chunks overlap the copies better: 16 items of 10 MB map 1.5x faster with 4 MB chunks
@@ -226,12 +278,34 @@ class Backend:
     worker_lost_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, n_workers: int | None = None):
-        self.requested_workers = n_workers
         self.n_workers = n_workers or default_worker_count()
 
-    def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
+    @classmethod
+    def size_for(cls, n_workers: int | None) -> int:
+        """The pool size a map asking for ``n_workers`` gets: ``None`` means every core,
+        each time it is asked (not whatever size the warm pool happens to have)."""
+        return n_workers or default_worker_count()
+
+    @classmethod
+    def connected_instance(cls) -> Backend | None:
+        """An instance bound to the active cluster connection of this backend's engine, for
+        one map; None for local backends, and when no such connection is active."""
+        return None
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule ``fn(*args)`` on the engine and return a future for its value."""
         raise NotImplementedError
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Release the engine's resources; calling it twice is harmless.
+
+        ``wait=False, cancel_futures=True`` stops at once, abandoning running tasks (Ctrl-C).
+        """
+
+    def lease(self) -> contextlib.AbstractContextManager:
+        """Held by a map from its first chunk to its last: a cluster backend keeps its
+        connection open meanwhile, even if another thread connects elsewhere."""
+        return contextlib.nullcontext()
 
     def check_health(self) -> None:
         """Raise :class:`~unified_map.errors.WorkerLostError` if the engine lost a worker.
@@ -245,24 +319,11 @@ class Backend:
         for future in futures:
             future.cancel()
 
-    def abort(self) -> None:
-        """Stop running tasks at once (Ctrl-C). By default the same as :meth:`close`."""
-        self.close()
-
-    def close(self) -> None:
-        """Release the engine's resources. Calling it twice is harmless."""
-
     @property
     def max_in_flight(self) -> int:
         """How many chunks may be submitted and not yet consumed: enough to keep every worker
         busy while the next result is handed over, few enough to keep ``imap`` lazy."""
         return 2 * self.n_workers
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} n_workers={self.n_workers}>"

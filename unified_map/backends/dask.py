@@ -1,5 +1,6 @@
 """The ``dask`` backend: chunks run as dask tasks on the active dask connection, or on a local
-dask cluster started on first use when none is active.
+dask cluster started on first use when none is active (what every cluster backend shares is in
+:mod:`unified_map.backends.cluster`; this module is what is dask's own).
 
 Each chunk travels as one pickled ``bytes`` blob (``client.submit(run_packed, blob)``): one
 dask task per item costs about 1.7 ms, and a plain list argument is serialised element by
@@ -11,19 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
-import threading
 from collections.abc import Callable
 
 import distributed  # fail here, with the install hint, when it is missing
 
-import cluster_setup
-from cluster_setup._dask import DaskConnection, DaskSetup, import_distributed
-from cluster_setup.errors import SchedulerUnreachableError
-from unified_map.backends.base import Backend
-from unified_map.chunking import MAX_CHUNK_BYTES
+from unified_map._cluster import cluster_setup
+from unified_map.backends.cluster import ClusterBackend
 
-logger = logging.getLogger(__name__)
+SchedulerUnreachableError = cluster_setup.errors.SchedulerUnreachableError
 
 #: Chunks whose blob is at least this big are scattered to a worker, then run there: the
 #: bytes go straight from the client to a worker rather than through the scheduler inside
@@ -42,15 +38,17 @@ class DaskFuture(concurrent.futures.Future):
 
     def __init__(
         self,
-        client,
+        backend: ClusterBackend,
+        connection,
         dask_future,
-        connection: DaskConnection | None = None,
         resubmit: Callable[[], distributed.Future] | None = None,
     ):
         super().__init__()
         self.dask_future = dask_future
+        self._backend = backend
         self._connection = connection
         self._resubmit = resubmit
+        client = connection.client
         asyncio.run_coroutine_threadsafe(self._settle(client, dask_future), _asyncio_loop(client))
 
     def cancel(self) -> bool:
@@ -68,8 +66,14 @@ class DaskFuture(concurrent.futures.Future):
                 # The worker holding the chunk's scattered data died before running it, and
                 # dask cannot recompute scattered data: send the chunk again, this time
                 # inside the task, which dask reschedules if another worker dies.
-                remote, self._resubmit = self._resubmit(), None
-                self.dask_future = remote
+                resubmit, self._resubmit = self._resubmit, None
+                try:
+                    remote = self.dask_future = resubmit()
+                except BaseException as error:  # noqa: BLE001 - never leave the future pending
+                    self._deliver(
+                        self.set_exception, self._backend.settle_error(self._connection, error)
+                    )
+                    return
                 await self._settle(client, remote)
                 return
             outcome = SchedulerUnreachableError(
@@ -77,16 +81,8 @@ class DaskFuture(concurrent.futures.Future):
                 f"scheduler ({exc!r})"
             )
             self._deliver(self.set_exception, outcome)
-        except (OSError, TimeoutError, RuntimeError) as exc:
-            connection = self._connection
-            if connection is not None and not connection.reachable:  # dask's, not the task's
-                outcome = connection.lost(exc)
-                outcome.__cause__ = exc
-                self._deliver(self.set_exception, outcome)
-            else:
-                self._deliver(self.set_exception, exc)
         except BaseException as exc:  # noqa: BLE001 - the task failed: the caller sees why
-            self._deliver(self.set_exception, exc)
+            self._deliver(self.set_exception, self._backend.settle_error(self._connection, exc))
         else:
             self._deliver(self.set_result, value)
         finally:
@@ -94,12 +90,11 @@ class DaskFuture(concurrent.futures.Future):
             self._resubmit = None  # holds the chunk's bytes: not a moment longer than needed
 
     def _may_resubmit(self) -> bool:
-        connection = self._connection
         return (
             self._resubmit is not None
             and self.dask_future is not None  # else cancelled by us
             and not self.done()
-            and (connection is None or connection.reachable)
+            and self._connection.reachable
         )
 
     def _deliver(self, setter, value) -> None:
@@ -113,19 +108,17 @@ def _asyncio_loop(client):
     return getattr(loop, "asyncio_loop", loop)  # tornado's IOLoop wraps an asyncio loop
 
 
-class DaskBackend(Backend):
+class DaskBackend(ClusterBackend):
     """Run packed chunks as dask tasks.
 
-    Uses the active dask connection (``cluster_setup.dask.connect_to_scheduler``), looked up
-    at every submit, so connecting, disconnecting and reconnecting between maps just works.
-    With none active, a local dask cluster is started on first use: a scheduler and one
-    single-threaded worker process per core, all on 127.0.0.1, without dashboard. It is
-    reused by later maps and stopped by :meth:`close` (at interpreter exit, for the warm
-    instance the registry keeps).
+    On the active dask connection (``cluster_setup.dask.connect_to_scheduler``), or, with none
+    active, on a private local dask cluster started on first use: a scheduler and one
+    single-threaded worker process per core, all on 127.0.0.1, without dashboard (see
+    :class:`~unified_map.backends.cluster.ClusterBackend`).
 
-    The local cluster is started like ``cluster_setup.dask.start_scheduler``/``start_worker``
-    do, as fresh interpreters, rather than as a ``LocalCluster`` whose processes would be
-    spawned from this one: spawning re-runs an unguarded script's top level (no
+    The local cluster's processes are started as fresh interpreters, like
+    ``cluster_setup.dask.start_worker`` does, rather than as a ``LocalCluster`` whose processes
+    would be spawned from this one: spawning re-runs an unguarded script's top level (no
     ``if __name__ == "__main__"`` guard) in every worker and fails, and research scripts
     often have no guard.
 
@@ -139,110 +132,30 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
-    #: A chunk costs a scheduler round trip (and a scatter when big): fewer, bigger ones.
-    max_chunk_bytes = MAX_CHUNK_BYTES
+    engine = "dask"
 
-    def __init__(self, n_workers: int | None = None):
-        self._local: DaskConnection | None = None
-        self._local_lock = threading.Lock()
-        super().__init__(n_workers)
-        self.worker_lost_errors = (import_distributed().KilledWorker,)
+    def __init__(self, n_workers: int | None = None, *, connection=None):
+        super().__init__(n_workers, connection=connection)
+        self.worker_lost_errors = (distributed.KilledWorker,)
 
-    @property
-    def max_in_flight(self) -> int:
-        """Four chunks per worker thread: a dask round trip takes ~20 ms (its messages are
-        batched every 2-10 ms), so a worker needs more than one chunk queued to stay busy."""
-        return 4 * self.n_workers
-
-    @property
-    def n_workers(self) -> int:
-        """Worker threads of the connected cluster, or the local cluster's worker count."""
-        connection = self._active_connection()
-        if connection is not None:
-            return max(1, connection.total_threads())
-        return self._local_workers
-
-    @n_workers.setter
-    def n_workers(self, value: int) -> None:
-        self._local_workers = value
-
-    def submit(self, fn, *args):
-        connection = self._connection()
+    def _submit(self, connection, fn, *args):
         client = connection.client
         if len(args) == 1 and isinstance(args[0], bytes) and len(args[0]) >= SCATTER_BYTES:
             (blob,) = args
             data = connection.call(client.scatter, blob, hash=False)
             remote = connection.call(client.submit, fn, data, pure=False)
             # called on the client's event loop, where client.scatter would block it
-            return DaskFuture(
-                client, remote, connection, lambda: client.submit(fn, blob, pure=False)
-            )
+            return DaskFuture(self, connection, remote, lambda: client.submit(fn, blob, pure=False))
         # pure=False: every chunk is a new task even if its bytes equal an earlier chunk's.
         remote = connection.call(client.submit, fn, *args, pure=False)
-        return DaskFuture(client, remote, connection)
+        return DaskFuture(self, connection, remote)
 
-    def cancel(self, futures) -> None:
-        """Cancel the dask tasks behind ``futures`` with one message per client."""
-        by_client: dict = {}
+    def _cancel(self, connection, futures) -> None:
+        """Cancel the dask tasks behind ``futures`` with one message."""
+        remotes = []
         for future in futures:
-            remote = getattr(future, "dask_future", None)
-            if remote is not None and not future.done():
-                future.dask_future = None
-                by_client.setdefault(remote.client, []).append(remote)
-            future.cancel()
-        for client, remotes in by_client.items():
-            try:
-                client.cancel(remotes)
-            except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
-                logger.debug("could not cancel %d dask tasks", len(remotes), exc_info=True)
-
-    def check_health(self) -> None:
-        """Raise a ConnectionError if the client lost its scheduler while a map waits."""
-        connection = self._active_connection() or self._local
-        if connection is not None and connection.client.status in ("closing", "closed"):
-            raise connection.lost()
-
-    def close(self) -> None:
-        """Stop the local cluster, if this backend started one."""
-        with self._local_lock:
-            local, self._local = self._local, None
-        if local is not None:
-            local.disconnect()
-            local.setup.stop()
-
-    def abort(self) -> None:
-        """Stop the local cluster, if any (Ctrl-C, a lost worker). A connected cluster keeps
-        running: :meth:`cancel` has already withdrawn this map's tasks from it."""
-        self.close()
-
-    def _active_connection(self) -> DaskConnection | None:
-        connection = cluster_setup.active_connection()
-        if connection is not None and connection.backend_name == self.name:
-            return connection
-        return None
-
-    def _connection(self) -> DaskConnection:
-        connection = self._active_connection()
-        if connection is not None:
-            return connection
-        with self._local_lock:
-            if self._local is None:
-                self._local = self._start_local_cluster()
-            return self._local
-
-    def _start_local_cluster(self) -> DaskConnection:
-        setup = DaskSetup()
-        try:
-            address = setup.start_scheduler("127.0.0.1:0", dashboard_port=None)
-            setup.start_worker(address, n_workers=self._local_workers, threads=1)
-            connection = DaskConnection(setup, address, setup._client(address, timeout=30))
-        except BaseException:
-            setup.stop()
-            raise
-        logger.info(
-            "no dask connection is active: started a local dask cluster at %s with %d "
-            "single-threaded worker processes; it is reused by later maps and stopped at exit",
-            address,
-            self._local_workers,
-        )
-        return connection
+            remote, future.dask_future = getattr(future, "dask_future", None), None
+            if remote is not None:
+                remotes.append(remote)
+        if remotes:
+            connection.client.cancel(remotes)

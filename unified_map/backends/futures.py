@@ -29,13 +29,13 @@ class FuturesBackend(Backend):
         super().__init__(n_workers)
         self._executor = ProcessPoolExecutor(self.n_workers, mp_context=process_context())
 
-    def submit(self, fn, *args):
+    def submit(self, fn, /, *args, **kwargs):
         return self._executor.submit(fn, *args)
 
-    def abort(self):
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        if wait:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            return
         processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
         terminate_processes(processes)
-
-    def close(self):
-        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -6,10 +6,16 @@ management: a crashed worker is detected and reported, never waited for. The exe
 one ``joblib.Parallel`` itself uses (``get_memmapping_executor``): asking loky directly would
 hand joblib an executor without the bookkeeping it expects, and break every later
 ``joblib.Parallel`` (scikit-learn included) in the process.
+
+That executor is one per process, shared by every map of every size and by
+``joblib.Parallel``: a backend never shuts it down on a normal close (another thread's map, or
+joblib itself, may be using it; loky stops idle workers by itself and at exit), only when a map
+must stop at once (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures.process import BrokenProcessPool
 
 from joblib.executor import get_memmapping_executor
@@ -38,19 +44,27 @@ class JoblibBackend(Backend):
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(n_workers)
-        self._executor = self._get_executor()
+        self._executor = self._current_executor()
 
-    def _get_executor(self):
-        # One process-wide executor, shared with joblib.Parallel, resized to the size asked for.
+    def _current_executor(self):
+        # The process-wide executor at this size: loky resizes it, or replaces it when it was
+        # broken or shut down (by joblib.Parallel, or by a Ctrl-C in another map).
         return get_memmapping_executor(self.n_workers, timeout=IDLE_WORKER_TIMEOUT_SECONDS)
 
-    def submit(self, fn, *args):
-        if getattr(self._executor, "_broken", False):
-            self._executor = self._get_executor()  # loky replaces a broken executor
-        return self._executor.submit(fn, *args)
+    def lease(self):
+        """Each map takes the current executor when it starts: another size or a broken
+        executor since the last map means loky has a new one."""
+        self._executor = self._current_executor()
+        return contextlib.nullcontext()
 
-    def abort(self):
-        self._executor.shutdown(wait=False, kill_workers=True)
+    def submit(self, fn, /, *args, **kwargs):
+        executor = self._executor
+        if executor._flags.shutdown and not executor._flags.broken:
+            # shut down under this map by another thread's Ctrl-C or joblib: take the new one
+            # (a broken one must fail this map: its futures report the lost worker)
+            executor = self._executor = self._current_executor()
+        return executor.submit(fn, *args)
 
-    def close(self):
-        self._executor.shutdown(wait=True)
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        if not wait and cancel_futures:
+            self._executor.shutdown(wait=False, kill_workers=True)

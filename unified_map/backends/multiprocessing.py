@@ -3,6 +3,7 @@ local engine when no cluster is connected."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import multiprocessing.pool
@@ -55,25 +56,78 @@ def stop_process_pool(pool, workers) -> None:
 
 class PoolBackend(Backend):
     """Adapts a :class:`multiprocessing.pool.Pool` (or ``ThreadPool``) to the backend
-    contract: ``apply_async`` callbacks complete a :class:`concurrent.futures.Future`."""
+    contract, with futures that can be withdrawn while they wait.
+
+    A pool's own queue cannot give a task back once it holds it, so a map that failed or was
+    abandoned would leave its queued chunks to run before the next map's. So the pool is only
+    handed as many tasks as it has workers (plus :attr:`dispatch_ahead`, so that a worker
+    finds its next task waiting); the rest wait here, as pending futures that ``cancel()``
+    withdraws, and are handed over as tasks finish.
+    """
+
+    #: Tasks handed to the pool beyond one per worker.
+    dispatch_ahead = 1
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(n_workers)
+        self._waiting: collections.deque = collections.deque()
+        self._dispatched = 0
+        self._gate = threading.Lock()
         self._pool = self._make_pool()
 
     def _make_pool(self):
         raise NotImplementedError
 
-    def submit(self, fn, *args):
+    def submit(self, fn, /, *args, **kwargs):
         future: concurrent.futures.Future = concurrent.futures.Future()
-        # Pool tasks cannot be withdrawn once queued: say so, so cancel() reports False.
-        future.set_running_or_notify_cancel()
-        self._pool.apply_async(
-            fn, args, callback=future.set_result, error_callback=future.set_exception
-        )
+        with self._gate:
+            if self._dispatched >= self.n_workers + self.dispatch_ahead:
+                self._waiting.append((future, fn, args))
+                return future
+            self._dispatched += 1
+        self._dispatch(future, fn, args)
         return future
 
-    def close(self):
+    def _dispatch(self, future, fn, args) -> None:
+        # Called with a slot reserved; a future cancelled while it waited gives the slot on.
+        while not future.set_running_or_notify_cancel():
+            task = self._next_waiting()
+            if task is None:
+                return
+            future, fn, args = task
+
+        def done(value, setter):
+            setter(value)
+            task = self._next_waiting()
+            if task is not None:
+                self._dispatch(*task)
+
+        try:
+            self._pool.apply_async(
+                fn,
+                args,
+                callback=lambda value: done(value, future.set_result),
+                error_callback=lambda exc: done(exc, future.set_exception),
+            )
+        except BaseException as exc:  # noqa: BLE001 - e.g. the pool was shut down meanwhile
+            done(exc, future.set_exception)
+
+    def _next_waiting(self):
+        """The next waiting task, its slot taken over; or None, the slot given back."""
+        with self._gate:
+            if self._waiting:
+                return self._waiting.popleft()
+            self._dispatched -= 1
+            return None
+
+    def _cancel_waiting(self) -> None:
+        with self._gate:
+            waiting, self._waiting = self._waiting, collections.deque()
+        for future, _, _ in waiting:
+            future.cancel()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._cancel_waiting()
         self._pool.terminate()
         self._pool.join()
 
@@ -97,16 +151,19 @@ class MultiprocessingBackend(PoolBackend):
     name = "multiprocessing"
     starts_local_processes = True
 
+    def __init__(self, n_workers: int | None = None):
+        self._outstanding = 0  # tasks submitted and not finished, waiting ones included
+        self._count_lock = threading.Lock()
+        super().__init__(n_workers)
+
     def _make_pool(self):
         pool = process_context().Pool(self.n_workers)
         # The pool's own list of Process objects (private, but the only way to see a worker
         # die); watched while tasks of ours are outstanding.
         self._watched = set(pool._pool)
-        self._outstanding = 0
-        self._count_lock = threading.Lock()
         return pool
 
-    def submit(self, fn, *args):
+    def submit(self, fn, /, *args, **kwargs):
         with self._count_lock:
             if self._outstanding == 0 and any(w.exitcode is not None for w in self._watched):
                 # A worker died while idle (OOM killer, a stray kill). No task was lost, but an
@@ -131,6 +188,7 @@ class MultiprocessingBackend(PoolBackend):
             codes = ", ".join(f"pid {w.pid} exit code {w.exitcode}" for w in dead)
             raise WorkerLostError(f"a multiprocessing worker died ({codes})")
 
-    def close(self):
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._cancel_waiting()
         self._watched.update(self._pool._pool)
         stop_process_pool(self._pool, self._watched)

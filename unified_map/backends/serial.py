@@ -21,7 +21,11 @@ class SerialBackend(Backend):
     def __init__(self, n_workers: int | None = None):
         super().__init__(1)
 
-    def submit(self, fn, *args):
+    @classmethod
+    def size_for(cls, n_workers):
+        return 1  # one instance whatever size is asked for
+
+    def submit(self, fn, /, *args, **kwargs):
         return completed_future(fn, *args)
 
     @property

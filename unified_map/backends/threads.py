@@ -31,6 +31,10 @@ class ThreadsBackend(PoolBackend):
     def _make_pool(self):
         return ThreadPool(self.n_workers)
 
-    def abort(self):
-        # Drop queued chunks; don't join the threads, which may be deep in a long func.
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._cancel_waiting()
+        # terminate() drops queued chunks without joining the threads, which may be deep in a
+        # long func; join() then waits for them, when asked to.
         self._pool.terminate()
+        if wait:
+            self._pool.join()

@@ -1,0 +1,164 @@
+"""What every cluster backend shares: which connection a map runs on, the private local
+cluster, lost schedulers and workers, and futures that cancel the engine's task.
+
+An engine's backend (``dask.py``, ``spark.py``, ``ray.py``) subclasses :class:`ClusterBackend`,
+sets :attr:`~ClusterBackend.engine`, and implements :meth:`~ClusterBackend._submit` (send one
+packed chunk, return a :class:`concurrent.futures.Future`) and, where the engine can withdraw
+many tasks in one message, :meth:`~ClusterBackend._cancel`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from unified_map._cluster import cluster_setup
+from unified_map.backends.base import Backend
+from unified_map.chunking import MAX_CHUNK_BYTES
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterBackend(Backend):
+    """Run packed chunks on a cluster engine.
+
+    A map runs on the active connection of the backend's engine
+    (``cluster_setup.<engine>.connect_to_scheduler``) when there is one: the instance made
+    for that map is bound to the connection, which stays open until the map ends even if
+    another thread connects elsewhere meanwhile. With none active, the warm instance starts a
+    private local cluster on 127.0.0.1 on first use (one worker per core asked for), reuses it
+    for later maps and stops it at :meth:`shutdown` (at interpreter exit for the warm one).
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Workers of the private local cluster (default: one per core). A connected cluster
+        reports its own size.
+    connection : ClusterConnection, optional
+        Run on this connection rather than on a private local cluster.
+    """
+
+    #: The attribute of :mod:`cluster_setup` that starts and connects to this engine.
+    engine: str = ""
+    #: A chunk costs a scheduler round trip: fewer, bigger ones than on a local pool.
+    max_chunk_bytes = MAX_CHUNK_BYTES
+
+    def __init__(self, n_workers: int | None = None, *, connection: Any = None):
+        self._connection = connection
+        self._private = None
+        self._private_lock = threading.Lock()
+        super().__init__(n_workers)  # sets the private local cluster's size
+
+    @classmethod
+    def connected_instance(cls) -> ClusterBackend | None:
+        """An instance bound to the active connection when it is one of this engine's."""
+        active = cluster_setup.active_connection()
+        if active is not None and active.backend_name == cls.name:
+            return cls(connection=active)
+        return None
+
+    @property
+    def setup(self):
+        """``cluster_setup.<engine>``: the object that starts and connects to the engine."""
+        return getattr(cluster_setup, self.engine)
+
+    @property
+    def connection(self):
+        """The connection chunks go to; the private local cluster is started on first use."""
+        if self._connection is not None:
+            return self._connection
+        with self._private_lock:
+            if self._private is None:
+                self._private = self.setup.start_local_cluster(self._local_workers)
+                logger.info(
+                    "no %s connection is active: started a local %s cluster at %s with %d "
+                    "workers; it is reused by later maps and stopped at exit",
+                    self.engine,
+                    self.engine,
+                    self._private.address,
+                    self._local_workers,
+                )
+            return self._private
+
+    @property
+    def n_workers(self) -> int:
+        """The connected cluster's worker slots, or the private local cluster's size."""
+        if self._connection is not None:
+            return max(1, self._connection.slots())
+        return self._local_workers
+
+    @n_workers.setter
+    def n_workers(self, value: int) -> None:
+        self._local_workers = value
+
+    @property
+    def max_in_flight(self) -> int:
+        """Four chunks per worker slot: a scheduler round trip takes milliseconds, so a worker
+        needs more than one chunk queued to stay busy."""
+        return 4 * self.n_workers
+
+    @contextlib.contextmanager
+    def lease(self):
+        """The map's connection stays open until the map ends (see the class docstring)."""
+        bound = self._connection
+        if bound is not None and not bound.connected:
+            # disconnected between picking it and starting the map: take its replacement
+            replacement = cluster_setup.active_connection()
+            if replacement is not None and replacement.backend_name == self.name:
+                self._connection = replacement
+        with self.connection.in_use():
+            yield
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        connection = self.connection
+        if not connection.reachable:
+            raise connection.lost()
+        return self._submit(connection, fn, *args)
+
+    def cancel(self, futures) -> None:
+        """Withdraw the engine's tasks behind ``futures`` (one message where it can)."""
+        futures = [future for future in futures if not future.done()]
+        if futures:
+            try:
+                self._cancel(self.connection, futures)
+            except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
+                logger.debug("could not cancel %d %s tasks", len(futures), self.engine)
+        for future in futures:
+            future.cancel()
+
+    def check_health(self) -> None:
+        """Raise a ConnectionError naming the scheduler if it stopped answering."""
+        connection = self._connection or self._private
+        if connection is not None and not connection.reachable:
+            raise connection.lost()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stop the private local cluster, if this instance started one; a connection made
+        by the user stays open (this map's tasks were already withdrawn)."""
+        with self._private_lock:
+            private, self._private = self._private, None
+        if private is not None:
+            with contextlib.suppress(Exception):
+                private.disconnect()
+
+    def settle_error(self, connection, exc: BaseException) -> BaseException:
+        """The error a chunk's future should carry for ``exc`` raised by the engine: a lost
+        scheduler becomes :class:`~cluster_setup.errors.SchedulerUnreachableError` naming its
+        address; anything else is the task's own failure, unchanged."""
+        if isinstance(exc, (OSError, TimeoutError, RuntimeError)) and not connection.reachable:
+            lost = connection.lost(exc)
+            lost.__cause__ = exc
+            return lost
+        return exc
+
+    # -- per engine -----------------------------------------------------------------------
+
+    def _submit(self, connection, fn, *args) -> concurrent.futures.Future:
+        """Send ``fn(*args)`` to the engine; the future's ``cancel()`` cancels the task."""
+        raise NotImplementedError
+
+    def _cancel(self, connection, futures: list[concurrent.futures.Future]) -> None:
+        """Withdraw many tasks at once; by default each future's ``cancel()`` does it."""
