@@ -33,7 +33,7 @@ from .addresses import (
 from .base import ClusterSetup
 from .connection import ClusterConnection
 from .errors import EngineNotInstalledError, InvalidAddressError, SchedulerUnreachableError
-from .status import ClusterStatus, WorkerInfo
+from .status import WorkerInfo
 
 __all__ = ["DaskSetup", "DaskConnection", "DEFAULT_ADDRESS", "import_distributed"]
 
@@ -450,77 +450,23 @@ class DaskSetup(ClusterSetup):
         where = parse_address(address)
         return DaskConnection(self, where.url, self._client(where.url, timeout))
 
-    def report_status(self) -> ClusterStatus:
-        """Print a summary of the connected cluster and return it.
-
-        When no dask connection is active, the summary says so (and lists any scheduler or
-        worker this object started) instead of raising. When the connected scheduler does not
-        answer (it died, or the network is down), ``connected`` is False, ``problem`` says
-        why, and the summary reads "scheduler unreachable".
-
-        Returns
-        -------
-        ClusterStatus
-            Engine, scheduler address, whether connected, the workers with their address,
-            cores and memory, total cores, and the dashboard link.
-
-        Examples
-        --------
-        >>> from cluster_setup import dask
-        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
-        >>> with dask.connect_to_scheduler(address):
-        ...     status = dask.report_status()  # doctest: +ELLIPSIS
-        dask cluster at tcp://127.0.0.1:...: connected
-        worker            name  cores  memory
-        total: 0 workers            0  -
-        started by this process:
-        ...
-        >>> status.connected, status.total_cores
-        (True, 0)
-        >>> dask.stop(address)
-        >>> dask.report_status().connected  # doctest: +ELLIPSIS
-        dask: not connected (connect with cluster_setup.dask.connect_to_scheduler(address))...
-        False
-        """
-        started = [(r.role, r.pid, r.address) for r in self.started]
-        connection = self.connection
-        identity: dict = {}
-        problem = None
-        if connection is not None:
-            try:
-                identity = connection.call(connection.client.scheduler_info, n_workers=-1)
-                if not isinstance(identity, dict) or "workers" not in identity:
-                    raise connection.lost()
-            except SchedulerUnreachableError as exc:
-                problem = str(exc)
-        if connection is None:
-            status = ClusterStatus(self.engine, None, False, started=started)
-        elif problem is not None:
-            status = ClusterStatus(
-                self.engine, connection.address, False, started=started, problem=problem
+    def _describe(self, connection: DaskConnection) -> tuple[list[WorkerInfo], str | None]:
+        """The scheduler's own list of workers (threads as cores) and its dashboard link."""
+        identity = connection.call(connection.client.scheduler_info, n_workers=-1)
+        if not isinstance(identity, dict) or "workers" not in identity:
+            raise connection.lost()
+        workers = [
+            WorkerInfo(
+                address=addr,
+                cores=info.get("nthreads", 0),
+                memory=info.get("memory_limit"),
+                name=str(info.get("name", "")),
             )
-        else:
-            workers = [
-                WorkerInfo(
-                    address=addr,
-                    cores=info.get("nthreads", 0),
-                    memory=info.get("memory_limit"),
-                    name=str(info.get("name", "")),
-                )
-                for addr, info in sorted(identity["workers"].items())
-            ]
-            status = ClusterStatus(
-                self.engine,
-                connection.address,
-                True,
-                workers,
-                None
-                if any(same_endpoint(connection.address, a) for a in self._without_dashboard)
-                else _dashboard_link(identity),
-                started,
-            )
-        print(status)
-        return status
+            for addr, info in sorted(identity["workers"].items())
+        ]
+        if any(same_endpoint(connection.address, a) for a in self._without_dashboard):
+            return workers, None
+        return workers, _dashboard_link(identity)
 
     def _client(self, url: str, timeout: float):
         """A :class:`distributed.Client` for ``url``, or a ConnectionError naming it.

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from . import connection as _connection
 from .addresses import parse_address, same_endpoint
 from .connection import ClusterConnection
+from .errors import SchedulerUnreachableError
 from .processes import (
     StartedProcess,
     exit_on_sigterm,
@@ -39,7 +40,7 @@ from .processes import (
     stop_processes,
     wait_until_ready,
 )
-from .status import ClusterStatus
+from .status import ClusterStatus, WorkerInfo
 
 __all__ = ["ClusterSetup"]
 
@@ -52,9 +53,10 @@ _setups: weakref.WeakSet[ClusterSetup] = weakref.WeakSet()
 class ClusterSetup:
     """The four verbs, the same on every engine, and the bookkeeping they share.
 
-    ``start_scheduler``, ``start_worker`` and ``report_status`` are written by each engine,
-    and ``connect_to_scheduler`` through its ``_connect``; :meth:`stop`, :meth:`disconnect`
-    and :meth:`start_local_cluster` are shared. Users get one instance per engine from
+    ``start_scheduler`` and ``start_worker`` are written by each engine,
+    ``connect_to_scheduler`` and ``report_status`` through its ``_connect`` and
+    ``_describe``; :meth:`stop`, :meth:`disconnect` and :meth:`start_local_cluster` are
+    shared. Users get one instance per engine from
     :mod:`cluster_setup` (``cluster_setup.dask``) and never create their own.
 
     Processes started with ``block=False`` run in the background until :meth:`stop` or until
@@ -114,11 +116,62 @@ class ClusterSetup:
         return connection
 
     def report_status(self) -> ClusterStatus:
-        """Print and return the state of the cluster this process is connected to."""
-        raise NotImplementedError
+        """Print a summary of the connected cluster and return it.
+
+        When no connection of this engine is active, the summary says so (and lists any
+        scheduler or worker this object started) instead of raising. When the connected
+        scheduler does not answer (it died, or the network is down), ``connected`` is False,
+        ``problem`` says why, and the summary reads "scheduler unreachable".
+
+        Returns
+        -------
+        ClusterStatus
+            Engine, scheduler address, whether connected, the workers with their address,
+            cores and memory, total cores, and the dashboard link.
+
+        Examples
+        --------
+        >>> from cluster_setup import dask
+        >>> address = dask.start_scheduler("127.0.0.1:0", dashboard_port=None)
+        >>> with dask.connect_to_scheduler(address):
+        ...     status = dask.report_status()  # doctest: +ELLIPSIS
+        dask cluster at tcp://127.0.0.1:...: connected
+        worker            name  cores  memory
+        total: 0 workers            0  -
+        started by this process:
+        ...
+        >>> status.connected, status.total_cores
+        (True, 0)
+        >>> dask.stop(address)
+        >>> dask.report_status().connected  # doctest: +ELLIPSIS
+        dask: not connected (connect with cluster_setup.dask.connect_to_scheduler(address))...
+        False
+        """
+        started = [(r.role, r.pid, r.address) for r in self.started]
+        connection = self.connection
+        if connection is None:
+            status = ClusterStatus(self.engine, None, False, started=started)
+        else:
+            try:
+                workers, dashboard = self._describe(connection)
+            except SchedulerUnreachableError as exc:
+                status = ClusterStatus(
+                    self.engine, connection.address, False, started=started, problem=str(exc)
+                )
+            else:
+                status = ClusterStatus(
+                    self.engine, connection.address, True, workers, dashboard, started
+                )
+        print(status)
+        return status
 
     def _connect(self, address: str, timeout: float) -> ClusterConnection:
         """A new connection to the scheduler at ``address``, not made active (per engine)."""
+        raise NotImplementedError
+
+    def _describe(self, connection: ClusterConnection) -> tuple[list[WorkerInfo], str | None]:
+        """The connected cluster's workers and its dashboard link, if any (per engine); raises
+        :class:`~cluster_setup.errors.SchedulerUnreachableError` when it does not answer."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
