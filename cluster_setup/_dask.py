@@ -232,7 +232,7 @@ class DaskSetup(ClusterSetup):
         True
         >>> dask.stop(address)
         """
-        where = _ipv4_or_name(parse_address(address), address)
+        where = _ipv4_or_name(parse_address(address, listen=True), address)
         import_distributed()  # the install hint before anything starts
         check_port_free(where.host, where.port)
         scheduler_file = self._new_file("scheduler-", ".json")

@@ -65,12 +65,15 @@ class Address:
         return self.url
 
 
-def _form(schemes: tuple[str, ...]) -> str:
+def _form(schemes: tuple[str, ...], listen: bool) -> str:
     forms = " or ".join(f"'{scheme}://host:port'" for scheme in schemes)
-    return f"'host:port' or {forms} (for example '127.0.0.1:8786'; port 0 picks a free one)"
+    hint = "; port 0 picks a free one" if listen else ""
+    return f"'host:port' or {forms} (for example '127.0.0.1:8786'{hint})"
 
 
-def parse_address(text: str, *, schemes: tuple[str, ...] = ("tcp",)) -> Address:
+def parse_address(
+    text: str, *, schemes: tuple[str, ...] = ("tcp",), listen: bool = False
+) -> Address:
     """Parse ``"host:port"`` or ``"<scheme>://host:port"``; raise a ValueError naming the form.
 
     Parameters
@@ -80,6 +83,9 @@ def parse_address(text: str, *, schemes: tuple[str, ...] = ("tcp",)) -> Address:
     schemes : tuple of str, default ("tcp",)
         The accepted schemes (``("spark",)``, ``("ray",)``...); the first one is used when
         the address has none.
+    listen : bool, default False
+        Whether a server will listen there (then port 0, "a free one", makes sense and the
+        error message says so).
 
     Returns
     -------
@@ -104,6 +110,10 @@ def parse_address(text: str, *, schemes: tuple[str, ...] = ("tcp",)) -> Address:
     Traceback (most recent call last):
     ...
     cluster_setup.errors.InvalidAddressError: invalid address 'node7': expected 'host:port' ...
+    >>> parse_address("127.0.0.1:99999")
+    Traceback (most recent call last):
+    ...
+    cluster_setup.errors.InvalidAddressError: invalid address '127.0.0.1:99999': the port must ...
 
     The port is ASCII digits, and a host in brackets must be an IPv6 address:
 
@@ -122,10 +132,11 @@ def parse_address(text: str, *, schemes: tuple[str, ...] = ("tcp",)) -> Address:
     if (
         match is None
         or scheme not in schemes
-        or int(match["port"]) > 65535
         or (match["host"].startswith("[") and not _is_ipv6(match["host"][1:-1]))
     ):
-        raise InvalidAddressError(f"invalid address {text!r}: expected {_form(schemes)}")
+        raise InvalidAddressError(f"invalid address {text!r}: expected {_form(schemes, listen)}")
+    if int(match["port"]) > 65535:
+        raise InvalidAddressError(f"invalid address {text!r}: the port must be 0-65535")
     return Address(scheme, match["host"], int(match["port"]))
 
 

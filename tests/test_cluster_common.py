@@ -40,7 +40,6 @@ MALFORMED_ADDRESSES = [
     "tcp://127.0.0.1",
     "127.0.0.1:port",
     "http://127.0.0.1:8786",
-    "127.0.0.1:99999",
     "",
     "tcp://:8786",
     "127.0.0.1:\uff18\uff17\uff18\uff16",  # full-width digits are not a port
@@ -150,6 +149,20 @@ def fail_on_three(x):
 def test_malformed_address_is_a_value_error_naming_the_form(address):
     with pytest.raises(ValueError, match=r"expected 'host:port' or 'tcp://host:port'"):
         parse_address(address)
+
+
+def test_a_port_out_of_range_says_so():
+    with pytest.raises(ValueError, match=r"'127.0.0.1:99999': the port must be 0-65535"):
+        parse_address("127.0.0.1:99999")
+
+
+def test_port_0_is_offered_only_where_a_server_listens():
+    with pytest.raises(ValueError) as connecting:
+        parse_address("node7")
+    with pytest.raises(ValueError) as listening:
+        parse_address("node7", listen=True)
+    assert "port 0" not in str(connecting.value)
+    assert "port 0 picks a free one" in str(listening.value)
 
 
 def test_address_forms():

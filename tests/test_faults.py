@@ -71,7 +71,9 @@ def test_exception_that_cannot_be_rebuilt_keeps_its_name_and_text(name):
 def test_result_that_cannot_be_pickled_names_the_item(name):
     with pytest.raises(UnpicklableRemoteError, match="result could not be pickled") as caught:
         um.parallel(return_a_lock, range(3), backend=name, chunksize=3)
-    assert "item 0" in "\n".join(caught.value.__notes__)
+    notes = "\n".join(caught.value.__notes__)
+    assert "the result of item 0 of the input: 0 could not be sent back" in notes
+    assert "func failed" not in notes  # func did not fail: its result could not travel
 
 
 @pytest.mark.parametrize("name", ["serial", "threads"])
@@ -247,6 +249,36 @@ def test_worker_that_died_while_idle_does_not_fail_the_next_map():
         chunksize=1,
     )
     assert slow == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", [*PROCESS_BACKENDS, "dask"])
+def test_the_workers_traceback_names_the_users_file_and_line(tmp_path, name):
+    # cloudpickle blanks the file name of functions it pickles by value (a script's, a
+    # notebook's, closures): the traceback must still point at the user's file.
+    script = tmp_path / "research.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import unified_map as um
+
+            def helper(x):
+                return 10 / (x - 2)
+
+            def bad(x):
+                return helper(x) + 1
+
+            um.parallel(bad, range(4), backend={name!r}, chunksize=1)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert f'File "{script}", line 8, in bad' in result.stderr, result.stderr
+    assert f'File "{script}", line 5, in helper' in result.stderr
+    assert "return 10 / (x - 2)" in result.stderr  # the source line, read on the worker
+    assert "<dynamic-code>" not in result.stderr
 
 
 def test_an_uncaught_error_prints_the_item_and_the_workers_traceback():

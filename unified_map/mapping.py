@@ -460,11 +460,15 @@ class _OrderedRun:
         exc = failure.exception
         item = task.items[failure.index]
         what = "args " if self.describe_as_args else ""
-        _add_note(
-            exc,
-            f"unified_map: func failed on item {task.start + failure.index} of the input: "
-            f"{what}{_short_repr.repr(item)} (backend {self.backend.name!r})",
-        )
+        where = f"item {task.start + failure.index} of the input: {what}{_short_repr.repr(item)}"
+        if failure.in_result:
+            note = (
+                f"unified_map: the result of {where} could not be sent back from backend "
+                f"{self.backend.name!r}: func returned something that cannot be pickled"
+            )
+        else:
+            note = f"unified_map: func failed on {where} (backend {self.backend.name!r})"
+        _add_note(exc, note)
         if exc.__traceback__ is None:  # it came from another process: show the worker's side
             raise exc from RemoteTraceback(failure.traceback_text)
         raise exc

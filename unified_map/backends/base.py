@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import math
 import os
 import pickle
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,8 @@ class ChunkFailure:
     index: int
     exception: BaseException
     traceback_text: str
+    #: True when ``func`` succeeded but its result could not be pickled to travel back.
+    in_result: bool = False
 
 
 @dataclass
@@ -93,9 +97,47 @@ def run_chunk(func: Callable, items: list) -> ChunkOutcome:
     return ChunkOutcome(results, None, time.perf_counter() - start)
 
 
+class _KeepFileNames(cloudpickle.Pickler):
+    """cloudpickle, but the code of functions pickled by value keeps its file name.
+
+    cloudpickle writes ``<dynamic-code>`` where a code object's file name was (to make its
+    payload independent of where a function was defined). A worker's traceback would then
+    read ``File "<dynamic-code>", line 6, in bad``, with no file and no source line, for
+    every function of a script, notebook or closure. Here the name is put back, for nested
+    code objects too, so the traceback names the user's file and, where the worker can read
+    it, shows the line.
+    """
+
+    def reducer_override(self, obj):
+        if type(obj) is types.CodeType and _code_reduce is not None:
+            constructor, args = _code_reduce(obj)
+            return constructor, tuple(
+                obj.co_filename if arg == _BLANKED_FILE_NAME else arg for arg in args
+            )
+        return super().reducer_override(obj)
+
+
+try:  # cloudpickle's own reducer of code objects, to change only the file name it writes
+    from cloudpickle.cloudpickle import _code_reduce
+except ImportError:  # pragma: no cover - another cloudpickle: file names stay blank
+    _code_reduce = None
+_BLANKED_FILE_NAME = "<dynamic-code>"
+
+
 def pack(func: Callable, items: list) -> bytes:
-    """Serialise a task with cloudpickle, so lambdas and ``__main__`` functions travel too."""
-    return cloudpickle.dumps((func, items), protocol=pickle.HIGHEST_PROTOCOL)
+    """Serialise a task with cloudpickle, so lambdas and ``__main__`` functions travel too;
+    their code keeps its file name, so a worker's traceback points at the user's file.
+
+    Examples
+    --------
+    >>> double = lambda x: 2 * x
+    >>> func, items = pickle.loads(pack(double, [1]))
+    >>> func(*items), func.__code__.co_filename == double.__code__.co_filename
+    (2, True)
+    """
+    buffer = io.BytesIO()
+    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((func, items))
+    return buffer.getvalue()
 
 
 def inside_worker() -> bool:
@@ -144,6 +186,7 @@ def run_packed(blob: bytes) -> bytes:
             index,
             UnpicklableRemoteError(_qualname(type(exc)), f"result could not be pickled: {exc}"),
             traceback.format_exc(),
+            in_result=True,
         )
         outcome = ChunkOutcome(outcome.results[:index], failure, outcome.seconds)
         return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
