@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table  # noqa: E402
 
 import unified_map as um  # noqa: E402
-from unified_map.backends import discard_backend, get_backend  # noqa: E402
+from unified_map.backends import close_backend  # noqa: E402
 
 LOCAL = ["serial", "threads", "multiprocessing", "futures", "joblib"]
 
@@ -133,7 +133,7 @@ def main() -> None:
             rows.append([f"imap {name}", f"failed: {type(exc).__name__}: {exc}", "", ""])
         finally:
             try:
-                discard_backend(get_backend(name))
+                close_backend(name)
             except Exception:  # noqa: BLE001 - it never started
                 pass
     print(table(["what", "peak RSS growth MB", "seconds", "result"], rows))

@@ -26,9 +26,9 @@ import joblib  # noqa: E402
 from _common import header, interleaved, load, table  # noqa: E402
 
 import unified_map as um  # noqa: E402
-from unified_map.backends import get_backend  # noqa: E402
+from unified_map.backends import acquire_backend, release_backend  # noqa: E402
 from unified_map.backends.base import default_worker_count  # noqa: E402
-from unified_map.benchmark import spin, spin_count  # noqa: E402
+from unified_map.bench_suite import spin, spin_count  # noqa: E402
 
 OVERHEAD_TARGET = 1.3
 SPEEDUP_TARGET = 1.8
@@ -190,7 +190,8 @@ def main() -> None:
     n_workers = default_worker_count()
     header("benchmarks/local_overhead.py: unified_map.parallel vs each engine's native idiom")
     for name in ["threads", "multiprocessing", "futures"]:
-        get_backend(name)  # start our pools before any native pool forks this process
+        # start our pools before any native pool forks this process
+        release_backend(acquire_backend(name))
     tiny_items(args.items, args.repeat, n_workers)
     cpu_bound(40, 0.05, args.cpu_repeat, n_workers)
     print(f"done{load()}")

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, interleaved, table, timings  # noqa: E402
 
 import unified_map as um  # noqa: E402
-from unified_map.backends import discard_backend, get_backend  # noqa: E402
-from unified_map.benchmark import spin, spin_count  # noqa: E402
+from unified_map.backends import close_backend  # noqa: E402
+from unified_map.bench_suite import spin, spin_count  # noqa: E402
 
 
 def increment(x):
@@ -124,7 +124,7 @@ def main() -> None:
         worker_scaling(names, 20, 0.05)
     finally:
         for name in names:
-            discard_backend(get_backend(name))
+            close_backend(name)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
-"""unified_map.benchmark: result checking, failure rows, the table, JSON rows and the plot.
+"""unified_map.benchmark and unified_map.checking: rows, result checking, failures as rows,
+warm pools closed and cluster connections used as found.
 
 Small workloads only and no timing assertions: these tests check what is reported, not how
-fast anything is.
+fast anything is. The table and the chart are tested in ``tests/test_report.py``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
@@ -15,16 +15,9 @@ import cluster_setup
 import unified_map as um
 from unified_map import backends as registry
 from unified_map.backends.serial import SerialBackend
-from unified_map.benchmark import (
-    BenchmarkResult,
-    BenchmarkRow,
-    ResultMismatchError,
-    _equal,
-    benchmark,
-    plot_results,
-)
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from unified_map.benchmark import Measurement, benchmark, default_backends
+from unified_map.checking import check_results, results_equal
+from unified_map.errors import ResultMismatchError
 
 
 class OffByOneBackend(SerialBackend):
@@ -32,7 +25,7 @@ class OffByOneBackend(SerialBackend):
 
     name = "off-by-one"
 
-    def submit(self, fn, *args):
+    def submit(self, fn, /, *args, **kwargs):
         future = super().submit(fn, *args)
         outcome = future.result()
         if outcome.results:
@@ -47,22 +40,25 @@ class RefusesToStartBackend(SerialBackend):
         raise RuntimeError("the cluster would not start")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registered_backends():
-    """Register test backends under throwaway names and remove them afterwards."""
-    added = {
-        "off-by-one": f"{__name__}:OffByOneBackend",
-        "refuses-to-start": f"{__name__}:RefusesToStartBackend",
-        "ghost": "no_such_package_for_unified_map.backend:GhostBackend",
-    }
-    for name, target in added.items():
-        um.register_backend(name, target)
-    yield list(added)
-    for name in added:
-        registry._REGISTRY.pop(name, None)
-        warm = registry._warm.pop(name, None)
-        if warm is not None:
-            warm.close()
+    """Register test backends under names of their own.
+
+    The registry has no public way to remove a name, so they stay registered for the rest of
+    the session, as ``register_backend`` users' backends do; ``ghost`` declares a package
+    that is missing, so it is listed as not installed.
+    """
+    um.register_backend("off-by-one", f"{__name__}:OffByOneBackend")
+    um.register_backend("refuses-to-start", f"{__name__}:RefusesToStartBackend")
+    um.register_backend(
+        "ghost",
+        "no_such_package_for_unified_map.backend:GhostBackend",
+        requires="no_such_package_for_unified_map",
+    )
+    names = ["off-by-one", "refuses-to-start", "ghost"]
+    yield names
+    for name in names:
+        registry.close_backend(name)
 
 
 def square(x):
@@ -100,8 +96,9 @@ def test_mismatch_with_the_builtin_map_is_an_error(registered_backends):
         ResultMismatchError, match="'off-by-one' differs from the builtin map at item"
     ):
         benchmark(square, range(5), backends=["serial", "off-by-one"], repeat=1)
-    assert "off-by-one" not in registry._warm  # the broken backend was closed
+    assert not registry.is_warm("off-by-one")  # the broken backend was closed
     assert issubclass(ResultMismatchError, um.UnifiedMapError)
+    assert um.ResultMismatchError is ResultMismatchError
 
 
 def test_failing_backends_become_rows_and_others_still_run(registered_backends):
@@ -117,6 +114,7 @@ def test_failing_backends_become_rows_and_others_still_run(registered_backends):
     assert result.baseline == "one run of the builtin map"
     text = str(result)
     assert "ghost" in text and "failed: RuntimeError: the cluster would not start" in text
+    assert not registry.is_warm("refuses-to-start") and not registry.is_warm("threads")
 
 
 def test_unknown_backend_name_is_refused_before_anything_runs(registered_backends):
@@ -126,16 +124,19 @@ def test_unknown_backend_name_is_refused_before_anything_runs(registered_backend
         calls.append(x)
         return x
 
+    registry.close_backend("serial")
     with pytest.raises(um.UnknownBackendError) as excinfo:
         benchmark(recorded, range(3), backends=["serial", "nope", "ghost"], repeat=1)
     message = str(excinfo.value)
     assert message.startswith("unknown backend 'nope'; valid backends are: ")
     assert "'serial'" in message and "'threads'" in message and "'ghost'" in message
     assert calls == []  # not even the reference map ran
-    assert "serial" not in registry._warm
+    assert not registry.is_warm("serial")
 
 
-def test_default_backends_are_the_installed_ones(monkeypatch):
+def test_default_backends_are_the_installed_ones(monkeypatch, registered_backends):
+    assert "ghost" not in default_backends()  # registered, but its package is missing
+    assert {"serial", "threads"} <= set(default_backends())
     # The module, not the function of the same name that unified_map exports.
     module = sys.modules["unified_map.benchmark"]
     monkeypatch.setattr(
@@ -145,28 +146,37 @@ def test_default_backends_are_the_installed_ones(monkeypatch):
     assert sorted(row.backend for row in result.rows) == ["serial", "threads"]
 
 
-class FakeConnection:
-    backend_name = "threads"
-
-
-def test_active_connection_backend_is_used_as_found(monkeypatch):
-    warm = registry.get_backend("threads")
-    monkeypatch.setattr(cluster_setup, "_active", FakeConnection())
+def test_active_connection_backend_is_used_as_found(dask_connection, dask_cluster):
+    registry.close_backend("dask")  # no private local cluster from earlier tests
+    assert default_backends() == ["dask"]
     result = benchmark(square, range(8), repeat=1)
-    assert [row.backend for row in result.rows] == ["threads"]
-    assert result.rows[0].note == "active connection, used as found"
-    assert registry.get_backend("threads") is warm  # neither restarted nor closed
+    assert [row.backend for row in result.rows] == ["dask"]
+    (row,) = result.rows
+    assert row.ok, row.error  # its results were checked against the builtin map
+    assert row.note == "active connection, used as found"
+    assert row.n_workers == len(dask_cluster.worker_addresses)  # one slot per worker
+    assert len(row.times) == 1 and row.speedup > 0 and row.startup_seconds >= 0
+    assert result.n_items == 8 and result.baseline == "one run of the builtin map"
+    # Neither closed nor replaced, and no private local cluster was started beside it.
+    assert cluster_setup.active_connection() is dask_connection
+    assert not registry.is_warm("dask")
+    assert um.parallel(square, range(4)) == [0, 1, 4, 9]
     assert "active connection" in str(result)
 
 
 def test_local_backends_start_afresh_and_are_closed_afterwards(monkeypatch):
+    warm = registry.acquire_backend("threads")
+    registry.release_backend(warm)
+    assert registry.is_warm("threads")
     closed = []
-    warm = registry.get_backend("threads")
-    close = warm.close
-    monkeypatch.setattr(warm, "close", lambda: closed.append(warm) or close())
-    benchmark(square, range(8), backends=["threads"], repeat=1)
+    shutdown = warm.shutdown
+    monkeypatch.setattr(
+        warm, "shutdown", lambda *args, **kwargs: closed.append(warm) or shutdown(*args, **kwargs)
+    )
+    result = benchmark(square, range(8), backends=["threads"], repeat=1)
     assert closed == [warm]  # the warm pool found was closed, so start-up was measured
-    assert "threads" not in registry._warm  # and the one the benchmark started is gone too
+    assert not registry.is_warm("threads")  # and the one the benchmark started is gone too
+    assert result.rows[0].ok and result.rows[0].note is None
 
 
 @pytest.mark.parametrize(
@@ -185,64 +195,26 @@ def test_needs_a_callable_and_an_iterable():
         benchmark(abs)
 
 
-def made_up_result() -> BenchmarkResult:
-    return BenchmarkResult(
-        name="tiny",
-        n_items=1000,
-        repeat=3,
-        warmup=1,
-        baseline="the serial backend",
-        rows=[
-            BenchmarkRow("serial", 1, 0.0001, 0.002, 0.0019, 0.0021, 1.0, 0.0),
-            BenchmarkRow("dask", error="BackendNotInstalledError: pip install unified_map[dask]"),
-            BenchmarkRow("multiprocessing", 2, 0.012, 0.0015, 0.0014, 0.0031, 1.333, 0.5),
-            BenchmarkRow("threads", 2, 0.003, 0.01, 0.009, 0.02, 0.2, 9.0),
-        ],
-    )
+def test_measurement_reports_each_map_and_builds_the_result():
+    measurement = Measurement(square, range(6), repeat=2, warmup=1, name="squares")
+    assert measurement.n_items == 6 and measurement.expected == [0, 1, 4, 9, 16, 25]
+    runs = []
+    rows = [measurement.measure(name, on_run=lambda: runs.append(1)) for name in ["threads"]]
+    assert len(runs) == 3  # one warm-up and two timed maps
+    result = measurement.result(rows)
+    assert result.name == "squares" and result.repeat == 2 and result.warmup == 1
+    assert result.baseline == "one run of the builtin map"
+    assert rows[0].ok and rows[0].speedup > 0 and rows[0].overhead_us_per_item is not None
+    with pytest.raises(ValueError, match="repeat"):
+        Measurement(square, range(3), repeat=0)
 
 
-def test_table_is_aligned_and_fastest_first():
-    expected = """\
-tiny: 1,000 items, median of 3 runs after 1 warm-up; speedup over the serial backend
-backend          workers  start-up s  median s   min s   max s  speedup  overhead us/item
-multiprocessing        2       0.012    0.0015  0.0014  0.0031    1.33x               0.5
-serial                 1      0.0001     0.002  0.0019  0.0021    1.00x               0.0
-threads                2       0.003      0.01   0.009    0.02    0.20x               9.0
-dask             failed: BackendNotInstalledError: pip install unified_map[dask]"""
-    assert str(made_up_result()) == expected
-    assert (
-        repr(made_up_result()) == "<BenchmarkResult 'tiny': 4 backends, fastest 'multiprocessing'>"
-    )
-
-
-def test_to_dicts_is_json_ready():
-    rows = json.loads(json.dumps(made_up_result().to_dicts()))
-    assert [row["backend"] for row in rows] == ["multiprocessing", "serial", "threads", "dask"]
-    assert rows[0]["workload"] == "tiny" and rows[0]["n_items"] == 1000
-    assert rows[0]["median_seconds"] == 0.0015 and rows[0]["error"] is None
-    assert rows[3]["median_seconds"] is None and "unified_map[dask]" in rows[3]["error"]
-    assert set(rows[0]) == {
-        "workload", "n_items", "backend", "n_workers", "startup_seconds", "median_seconds",
-        "min_seconds", "max_seconds", "speedup", "overhead_us_per_item", "error", "note",
-        "times",
-    }  # fmt: skip
-
-
-def test_plot_writes_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    path = made_up_result().plot(tmp_path / "bench.png")
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    two = plot_results([made_up_result(), made_up_result()], tmp_path / "two.png")
-    assert two.read_bytes()[:8] == PNG_SIGNATURE
-
-
-def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    with pytest.raises(ImportError, match=r"pip install unified_map\[plot\]"):
-        made_up_result().plot(tmp_path / "bench.png")
-    assert not (tmp_path / "bench.png").exists()
+def test_check_results_names_the_backend_and_the_item():
+    check_results("serial", [1, 4], [1, 4])
+    with pytest.raises(ResultMismatchError, match="'x' returned 1 results for 2 items"):
+        check_results("x", [1], [1, 4])
+    with pytest.raises(ResultMismatchError, match="at item 1: got 5, expected 4"):
+        check_results("x", [1, 5], [1, 4])
 
 
 @pytest.mark.parametrize(
@@ -251,17 +223,18 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
     ids=["complex-nan", "set-with-nan", "frozenset-with-nan"],
 )
 def test_nan_results_are_not_mismatches(func):
-    # Pickled across processes, each NaN is a new object: only equal by _equal's NaN rule.
+    # Pickled across processes, each NaN is a new object: only equal by the NaN rule.
     result = benchmark(func, [0, 1], backends=["serial", "multiprocessing"], repeat=1)
     assert all(row.ok for row in result.rows), [row.error for row in result.rows]
 
 
 def test_numpy_results_are_compared_by_value():
-    numpy = pytest.importorskip("numpy")
+    import numpy
+
     arrays = [numpy.arange(5.0), numpy.array([numpy.nan, 1.0])]
     result = benchmark(numpy.negative, arrays, backends=["serial", "threads"], repeat=1)
     assert all(row.ok for row in result.rows)
-    assert not _equal(numpy.arange(3), numpy.arange(1, 4))
+    assert not results_equal(numpy.arange(3), numpy.arange(1, 4))
 
 
 @pytest.mark.parametrize(
@@ -289,5 +262,5 @@ def test_numpy_results_are_compared_by_value():
         ({1, 2}, {1, 3}, False),
     ],
 )
-def test_equal(got, want, same):
-    assert _equal(got, want) is same
+def test_results_equal(got, want, same):
+    assert results_equal(got, want) is same

@@ -82,8 +82,6 @@ def test_unknown_names_are_refused_before_any_work(argv, message, capsys):
 
 @pytest.mark.parametrize("option", ["--json", "--plot"])
 def test_output_in_a_missing_directory_is_refused_before_any_work(option, tmp_path, capsys):
-    if option == "--plot":
-        pytest.importorskip("matplotlib")
     path = tmp_path / "no-such-dir" / "out.file"
     argv = ["bench", "--backends", "serial", "--workloads", "tiny", "--items", "3"]
     with pytest.raises(SystemExit) as excinfo:
@@ -136,7 +134,6 @@ def test_no_arguments_runs_the_default_bench(monkeypatch):
 
 
 def test_bench_in_process_writes_json_and_plot(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     rows_path, plot_path = tmp_path / "rows.json", tmp_path / "bench.png"
     argv = ["bench", "--backends", "serial,threads", "--workloads", "tiny,uneven"]
     argv += ["--items", "5", "--repeat", "1", "--json", str(rows_path), "--plot", str(plot_path)]

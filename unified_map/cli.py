@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unified_map.backends import available_backends
+from unified_map.bench_suite import builtin_suite
 
 __all__ = ["main", "build_parser", "run_bench", "run_cluster_command"]
 
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.backends, args.repeat
     ('bench', ['serial', 'threads'], 3)
     """
-    from unified_map.benchmark import builtin_suite
-
     suite = builtin_suite()
     parser = argparse.ArgumentParser(
         prog="unified-map",
@@ -170,8 +169,8 @@ def run_cluster_command(args: argparse.Namespace) -> int:
     ``scheduler`` and ``worker`` block until Ctrl-C or SIGTERM. A cluster error (malformed
     address, port in use, unreachable scheduler) is printed as one line, exit status 1.
     """
-    import cluster_setup
-    from cluster_setup.errors import ClusterSetupError
+    from unified_map._cluster import cluster_setup
+    from unified_map.errors import ClusterSetupError
 
     setup = getattr(cluster_setup, args.engine)
     try:
@@ -195,10 +194,15 @@ def run_cluster_command(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    """Run the suite as ``args`` (from :func:`build_parser`) asks and print the tables."""
+    """Run the suite as ``args`` (from :func:`build_parser`) asks and print the tables.
+
+    Names, output files and matplotlib (for ``--plot``) are checked before anything is
+    measured; a problem is a usage error (exit status 2). Returns the exit code.
+    """
     from tqdm.auto import tqdm
 
-    from unified_map.benchmark import _check_counts, _Run, builtin_suite
+    from unified_map.benchmark import Measurement
+    from unified_map.report import PLOT_INSTALL_HINT, plot_results, require_matplotlib
 
     def fail(message: str) -> int:
         if parser is not None:
@@ -224,14 +228,11 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         if problem:
             return fail(f"cannot write {option} {path}: {problem}")
     if args.plot:
-        from unified_map.benchmark import PLOT_INSTALL_HINT
-
         try:
-            import matplotlib.figure  # noqa: F401 - what plot_results needs
+            require_matplotlib()
         except ImportError:
             return fail(f"--plot needs matplotlib: {PLOT_INSTALL_HINT}")
     warmup = 1
-    _check_counts(args.repeat, warmup)
 
     not_installed = [name for name, installed in known.items() if not installed]
     print(
@@ -250,24 +251,22 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         desc="bench",
     ) as bar:
         for workload in suite:
-            n_items = args.items or workload.default_items
             bar.set_postfix_str(f"{workload.name}: preparing")
-            run = _Run(
+            measurement = Measurement(
                 workload.func,
-                [workload.make_items(n_items)],
-                args.repeat,
-                warmup,
-                None,
+                workload.make_items(args.items or workload.default_items),
+                repeat=args.repeat,
+                warmup=warmup,
                 name=workload.name,
             )
             rows = []
             for name in names:
                 bar.set_postfix_str(f"{workload.name}: {name}")
                 before = bar.n
-                rows.append(run.measure(name, on_run=lambda: bar.update(1)))
+                rows.append(measurement.measure(name, on_run=lambda: bar.update(1)))
                 bar.update(warmup + args.repeat - (bar.n - before))  # failed backends too
-            results.append(run.result(rows))
-            del run  # free the workload's input and reference results (payloads are large)
+            results.append(measurement.result(rows))
+            del measurement  # free the workload's input and reference results (payloads are large)
     elapsed = time.perf_counter() - started
 
     for result, workload in zip(results, suite, strict=True):
@@ -282,8 +281,6 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
             json.dump(rows, file, indent=2)
         print(f"Rows written to {args.json}")
     if args.plot:
-        from unified_map.benchmark import plot_results
-
         plot_results(results, args.plot)
         print(f"Plot saved to {args.plot}")
     return 0
