@@ -331,3 +331,39 @@ def test_payload_in_flight_is_bounded_in_bytes(monkeypatch):
     assert um.parallel(len, payloads, backend="bytes-recorder", chunksize=1) == [5 * 2**20] * 24
     # 256 slots would take every chunk at once; the budget holds it to 30 MB plus one chunk
     assert ThreadedOutOfProcessBackend.most <= 36 * 2**20
+
+
+def exit_on_3(x):
+    if x == 3:
+        os._exit(7)  # a hard crash of the worker process
+    time.sleep(0.05)
+    return x
+
+
+@pytest.mark.parametrize("name", ["threads", "multiprocessing", "futures"])
+def test_a_map_whose_pool_another_thread_stopped_fails_instead_of_hanging(name):
+    # Another thread's map lost a worker (or was interrupted) and stopped the shared pool:
+    # this map must end, with its results or with WorkerLostError, never wait forever.
+    crash = exit_on_3 if name != "threads" else None
+
+    def long_map():
+        try:
+            return um.parallel(slow_identity, range(60), backend=name, n_workers=2, chunksize=1)
+        except um.WorkerLostError as exc:
+            return exc
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_with_deadline, long_map)
+        time.sleep(0.5)
+        if crash is not None:
+            with pytest.raises(um.WorkerLostError):
+                um.parallel(crash, range(8), backend=name, n_workers=2, chunksize=1)
+        else:  # threads cannot crash: stop the pool the way a Ctrl-C in that map would
+            backend = acquire_backend(name, 2)
+            release_backend(backend)
+            from unified_map.backends import discard_backend
+
+            discard_backend(backend, abort=True)
+        outcome = running.result(timeout=180)
+    assert outcome == list(range(60)) or isinstance(outcome, um.WorkerLostError)
+    assert um.parallel(abs, [-1, -2], backend=name, n_workers=2) == [1, 2]

@@ -447,8 +447,11 @@ class _OrderedRun:
             # finished waits idle until the next chunk arrives.
             self._submit_more()
         for task in done:
-            if task.future.cancelled():
-                continue
+            if task.future.cancelled():  # not by this map, which cancels only when it ends
+                raise WorkerLostError(
+                    f"backend {self.backend.name!r} was stopped while this map was running "
+                    "(Ctrl-C or a lost worker in a map of another thread)"
+                )
             task.outcome = self._outcome(task.future.result())
             self.sizer.observe(len(task.outcome.results) or 1, task.outcome.seconds)
 
