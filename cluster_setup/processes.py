@@ -466,30 +466,45 @@ def _live(processes: list) -> list:
     return live
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def _signal_group(leader: int, signum: int) -> None:
+    """Signal every process of the group or the session that ``leader`` started."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
+        os.killpg(leader, signum)
+    for pid in _members(leader):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
+def _wait_group_gone(leader: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid):
+    while _group_alive(leader):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
     return True
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies waiting to be reaped
-    by init do not count)."""
+def _group_alive(leader: int) -> bool:
+    """Whether a process of the group or session ``leader`` started is still running."""
     if not os.path.isdir("/proc"):
         try:
-            os.killpg(pgid, 0)
+            os.killpg(leader, 0)
         except (ProcessLookupError, PermissionError):
             return False
         return True
-    for entry in os.listdir("/proc"):
+    return bool(_members(leader))
+
+
+def _members(leader: int) -> list[int]:
+    """Running processes (not zombies) of the process group or the session of ``leader``.
+
+    A process we start leads a session of its own (``start_new_session``); what it starts
+    stays in that session even when it moves to a process group of its own (Ray gives each
+    task worker one) or is orphaned (Ray's agents outlive a killed raylet), so the session
+    finds them where the group and the tree do not. Linux only (``/proc``); else [].
+    """
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not entry.isdigit():
             continue
         try:
@@ -497,10 +512,10 @@ def _group_alive(pgid: int) -> bool:
                 fields = file.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        # after the command name: state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
+        # after the command name: state, ppid, pgrp, session, ...
+        if leader in (int(fields[2]), int(fields[3])) and fields[0] not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
 
 
 # -- the parent watch: background processes die with this interpreter --------------------
@@ -523,7 +538,8 @@ for line in sys.stdin.buffer:
     elif kind == "D-" and value in dirs:
         dirs.remove(value)
 
-def group_alive(pgid):
+def members(leader):  # running processes of the group or session that leader started
+    found = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit():
             try:
@@ -531,9 +547,9 @@ def group_alive(pgid):
                     fields = file.read().rsplit(b")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
-    return False
+            if leader in (int(fields[2]), int(fields[3])) and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
 
 try:
     import psutil
@@ -551,13 +567,14 @@ for pid in reversed(pids):  # workers were started after their scheduler: they g
     except OSError:
         pass
 deadline = time.monotonic() + GRACE
-while any(group_alive(pid) for pid in pids) and time.monotonic() < deadline:
+while any(members(pid) for pid in pids) and time.monotonic() < deadline:
     time.sleep(0.1)
 for pid in pids:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    for member in [pid] + members(pid):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except OSError:
+            pass
 for process in tree:
     try:
         process.kill()

@@ -102,6 +102,38 @@ def test_stop_processes_stops_the_whole_tree_even_outside_the_group(tmp_path):
         stop_processes([record], grace=1)
 
 
+# A child in a process group of its own (as Ray gives each task worker), orphaned when its
+# parent exits (as Ray's agents outlive a killed raylet): neither the tree nor the group of
+# the process we started reaches it any more; its session does.
+ORPHAN_IN_OWN_GROUP = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                         process_group=0)
+print(child.pid, flush=True)
+os._exit(0)  # the parent is gone at once: the child is re-parented to init
+"""
+
+
+def test_stop_processes_stops_orphans_of_its_session(tmp_path):
+    log = tmp_path / "out.log"
+    record = start_process("demo", "-", [sys.executable, "-c", ORPHAN_IN_OWN_GROUP], log_path=log)
+    child = None
+    try:
+        record.popen.wait(60)
+        child = int(log.read_text().split()[0])
+        assert os.getpgid(child) == child and os.getsid(child) == record.pid
+        assert is_alive(child)
+        stop_processes([record], grace=5)
+        deadline = time.monotonic() + 10
+        while is_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_alive(child), "an orphan of the started process's session still runs"
+    finally:
+        if child is not None:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(child).kill()
+
+
 def test_user_import_folders_are_the_users_own(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "path", ["", *sys.path])
