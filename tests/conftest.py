@@ -14,7 +14,7 @@ from unified_map.backends import available_backends
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
-LOCAL_BACKENDS = ["serial", "threads", "multiprocessing", "futures", "joblib"]
+LOCAL_BACKENDS = ["serial", "threads", "multiprocessing", "futures", "joblib", "auto"]
 
 # test id -> (backend name, fixture to activate first or None)
 CONTRACT_TARGETS: dict[str, tuple[str, str | None]] = {

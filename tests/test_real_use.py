@@ -19,7 +19,7 @@ from tests.helpers import run_python
 from unified_map.backends import acquire_backend, release_backend
 from unified_map.backends.base import Backend, completed_future, default_worker_count
 
-LOCAL_BACKENDS = ["serial", "threads", "multiprocessing", "futures", "joblib"]
+LOCAL_BACKENDS = ["serial", "threads", "multiprocessing", "futures", "joblib", "auto"]
 POOLS = ["threads", "multiprocessing", "futures", "joblib"]
 
 

@@ -80,6 +80,17 @@ def cost_key(func: Callable) -> Hashable | None:
     return (type(func).__qualname__, name)
 
 
+def recall_seconds_per_item(key: Hashable | None) -> float | None:
+    """The cost per item remembered for the function of :func:`cost_key` ``key``, if any.
+
+    Examples
+    --------
+    >>> recall_seconds_per_item(None) is None
+    True
+    """
+    return _recall(key)
+
+
 def _recall(key: Hashable | None) -> float | None:
     if key is None:
         return None

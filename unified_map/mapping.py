@@ -32,7 +32,13 @@ from unified_map.backends.base import (
     run_packed,
     unpack_outcome,
 )
-from unified_map.chunking import MAX_BYTES_IN_FLIGHT, ChunkSizer, cost_key, iter_chunks
+from unified_map.chunking import (
+    MAX_BYTES_IN_FLIGHT,
+    ChunkSizer,
+    cost_key,
+    iter_chunks,
+    recall_seconds_per_item,
+)
 from unified_map.errors import RemoteTraceback, WorkerLostError
 
 __all__ = ["parallel", "imap", "starmap"]
@@ -277,9 +283,12 @@ class _ResultIterator:
 
 def _choose_backend(name: str | None) -> str:
     """The backend name a map runs on; fails at once on an unknown or missing backend."""
-    if name is None:
+    if name is None or name == "auto":
         connection = cluster_setup.active_connection()
-        name = connection.backend_name if connection is not None else DEFAULT_LOCAL_BACKEND
+        if connection is not None:  # a cluster the user connected to: always the place
+            name = connection.backend_name
+        elif name is None:
+            name = DEFAULT_LOCAL_BACKEND
     backend_class(name)  # raise UnknownBackendError / BackendNotInstalledError now
     if inside_worker():
         # A map nested in a worker's task runs there, serially: the outer map already keeps
@@ -298,6 +307,11 @@ class _Task:
     def __init__(self, start: int, items: list, future: concurrent.futures.Future, n_bytes: int):
         self.start, self.items, self.future, self.n_bytes = start, items, future, n_bytes
         self.outcome: ChunkOutcome | None = None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the chunk was pickled (it left this process), so its result was too."""
+        return self.n_bytes > 0
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # a repr would print every input item
@@ -338,6 +352,8 @@ class _OrderedRun:
         self.running = 0  # submitted and not yet collected
         self.bytes_in_flight = 0
         self.exhausted = False
+        cost = recall_seconds_per_item(self.cost_key)
+        backend.expect(None if cost is None or self.n_items is None else cost * self.n_items)
         self.sizer = ChunkSizer(
             self.chunksize,
             self.n_items,
@@ -452,11 +468,9 @@ class _OrderedRun:
                     f"backend {self.backend.name!r} was stopped while this map was running "
                     "(Ctrl-C or a lost worker in a map of another thread)"
                 )
-            task.outcome = self._outcome(task.future.result())
+            value = task.future.result()
+            task.outcome = unpack_outcome(value) if task.packed else value
             self.sizer.observe(len(task.outcome.results) or 1, task.outcome.seconds)
-
-    def _outcome(self, value: Any) -> ChunkOutcome:
-        return value if self.backend.in_process else unpack_outcome(value)
 
     def _raise_failure(self, task: _Task, outcome: ChunkOutcome):
         failure = outcome.failure

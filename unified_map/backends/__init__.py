@@ -44,6 +44,7 @@ class BackendSpec:
 
 # Kept sorted by name; ``requires`` is checked with find_spec, which imports nothing.
 _REGISTRY: dict[str, BackendSpec] = {
+    "auto": BackendSpec("unified_map.backends.auto:AutoBackend"),
     "dask": BackendSpec("unified_map.backends.dask:DaskBackend", "distributed", "dask"),
     "futures": BackendSpec("unified_map.backends.futures:FuturesBackend"),
     "joblib": BackendSpec("unified_map.backends.joblib:JoblibBackend", "joblib", "joblib"),
@@ -152,7 +153,8 @@ def acquire_backend(name: str, n_workers: int | None = None) -> Backend:
 
     A local pool is kept warm per size; ``n_workers=None`` means every core each time it is
     asked. A cluster backend is bound to the active connection of its engine when there is
-    one (never kept warm: the connection is), else to a private local cluster kept warm.
+    one (never kept warm: the connection is), else to a private local cluster kept warm;
+    ``auto`` makes its decision per map. Such per-map instances are shut down at release.
 
     Examples
     --------
@@ -162,10 +164,10 @@ def acquire_backend(name: str, n_workers: int | None = None) -> Backend:
     >>> release_backend(backend)
     """
     cls = backend_class(name)
-    connected = cls.connected_instance()
+    per_map = cls.per_map_instance(n_workers)
     with _lock:
-        if connected is not None:
-            backend = connected
+        if per_map is not None:
+            backend = per_map
             _transient.add(id(backend))
         else:
             key = (name, cls.size_for(n_workers))

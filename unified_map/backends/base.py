@@ -330,10 +330,17 @@ class Backend(concurrent.futures.Executor):
         return n_workers or default_worker_count()
 
     @classmethod
-    def connected_instance(cls) -> Backend | None:
-        """An instance bound to the active cluster connection of this backend's engine, for
-        one map; None for local backends, and when no such connection is active."""
+    def per_map_instance(cls, n_workers: int | None = None) -> Backend | None:
+        """An instance made for one map, or None to share the warm instance.
+
+        A cluster backend binds one to the active connection of its engine; ``auto`` keeps
+        its per-map decision in one. It is shut down when the map ends.
+        """
         return None
+
+    def expect(self, seconds: float | None) -> None:
+        """Told, before the first chunk, how long the whole map should compute (from a cost
+        per item remembered from an earlier call), or None when unknown."""
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule ``fn(*args)`` on the engine and return a future for its value."""

@@ -53,7 +53,7 @@ class ClusterBackend(Backend):
         super().__init__(n_workers)  # sets the private local cluster's size
 
     @classmethod
-    def connected_instance(cls) -> ClusterBackend | None:
+    def per_map_instance(cls, n_workers: int | None = None) -> ClusterBackend | None:
         """An instance bound to the active connection when it is one of this engine's."""
         active = cluster_setup.active_connection()
         if active is not None and active.backend_name == cls.name:
