@@ -109,8 +109,11 @@ class PoolBackend(Backend):
                 callback=lambda value: done(value, future.set_result),
                 error_callback=lambda exc: done(exc, future.set_exception),
             )
-        except BaseException as exc:  # noqa: BLE001 - e.g. the pool was shut down meanwhile
-            done(exc, future.set_exception)
+        except ValueError as exc:  # "Pool not running": stopped under this map by another
+            # thread's Ctrl-C or lost worker; the map fails as for any lost worker
+            lost = WorkerLostError(f"backend {self.name!r} was stopped while this map was running")
+            lost.__cause__ = exc
+            done(lost, future.set_exception)
 
     def _next_waiting(self):
         """The next waiting task, its slot taken over; or None, the slot given back."""
