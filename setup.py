@@ -5,7 +5,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "dask": ["dask>=2024.1", "distributed>=2024.1"],
+    # bokeh: the scheduler's dashboard (without it the link only says "needs bokeh")
+    "dask": ["dask>=2024.1", "distributed>=2024.1", "bokeh>=3.1.0"],
     "joblib": ["joblib>=1.3"],
     "spark": ["pyspark>=3.5"],
     "ray": ["ray>=2.9"],

@@ -1,5 +1,5 @@
 """unified_map.benchmark and unified_map.checking: rows, result checking, failures as rows,
-warm pools closed and cluster connections used as found.
+warm pools closed and cluster connections used as found; the machine's details and its load.
 
 Small workloads only and no timing assertions: these tests check what is reported, not how
 fast anything is. The table and the chart are tested in ``tests/test_report.py``.
@@ -7,7 +7,11 @@ fast anything is. The table and the chart are tested in ``tests/test_report.py``
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,7 +19,14 @@ import cluster_setup
 import unified_map as um
 from unified_map import backends as registry
 from unified_map.backends.serial import SerialBackend
-from unified_map.benchmark import Measurement, benchmark, default_backends
+from unified_map.benchmark import (
+    BenchmarkRow,
+    LoadMonitor,
+    Measurement,
+    benchmark,
+    busy_summary,
+    default_backends,
+)
 from unified_map.checking import check_results, results_equal
 from unified_map.errors import ResultMismatchError
 
@@ -264,3 +275,105 @@ def test_numpy_results_are_compared_by_value():
 )
 def test_results_equal(got, want, same):
     assert results_equal(got, want) is same
+
+
+def test_overhead_per_item_is_never_negative():
+    measurement = Measurement(abs, range(1000), repeat=1, warmup=0)
+    rows = [
+        BenchmarkRow("serial", 1, 0.0, 1.0, 1.0, 1.0),
+        BenchmarkRow("faster-than-perfect", 2, 0.0, 0.3, 0.3, 0.3),  # noise, a slowed serial
+        BenchmarkRow("slower", 2, 0.0, 0.7, 0.7, 0.7),
+    ]
+    by_name = {row.backend: row for row in measurement.result(rows).rows}
+    assert by_name["faster-than-perfect"].overhead_us_per_item == 0.0
+    assert by_name["slower"].overhead_us_per_item == pytest.approx(200.0)  # (0.7 - 0.5) / 1000
+    assert by_name["serial"].overhead_us_per_item == 0.0
+
+
+def test_machine_info_reads_versions_without_importing_engines():
+    code = (
+        "import json, sys\n"
+        "from unified_map.benchmark import machine_info\n"
+        "info = machine_info()\n"
+        "heavy = [m for m in ('dask', 'distributed', 'joblib', 'pyspark', 'ray', 'numpy') "
+        "if m in sys.modules]\n"
+        "print(json.dumps({'info': info, 'imported': heavy}))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    answer = json.loads(completed.stdout)
+    assert answer["imported"] == []
+    info = answer["info"]
+    assert list(info) == [
+        "date", "cores", "memory_bytes", "load_average", "python", "platform", "packages",
+    ]  # fmt: skip
+    assert info["packages"]["unified_map"] == um.__version__
+    # The test extra installs numpy; engines are listed when installed, and only then.
+    import importlib.metadata
+
+    assert info["packages"]["numpy"] == importlib.metadata.version("numpy")
+    assert "no_such_package_for_unified_map" not in info["packages"]
+    assert info["date"].endswith("+00:00") and len(info["load_average"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("samples", "busy"),
+    [
+        ([(1.0, 0.0), (2.2, 2.0)], False),  # the run's own workers fill the cores
+        ([(0.5, 0.0), (1.9, 1.0)], False),  # others, but the load stays below the cores
+        ([(2.5, 0.0), (2.0, 1.5)], True),  # busy before the run started
+        ([(1.0, 0.0), (3.5, 1.9)], True),  # others competed during the run
+        ([], False),  # no load average on this system
+    ],
+)
+def test_busy_means_load_above_the_cores_with_others_in_it(samples, busy):
+    summary = busy_summary(samples, cores=2)
+    assert summary["busy"] is busy
+    assert (summary["warning"] is not None) is busy
+    if busy:
+        assert summary["warning"].startswith("WARNING: the machine was busy: load average up to")
+        assert "on 2 cores" in summary["warning"]
+
+
+def test_load_monitor_counts_the_run_own_cpu_use(monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (7.0, 6.0, 5.0))
+    with LoadMonitor(interval=0.02, cores=2) as monitor:
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:  # keep one core busy in this process
+            pass
+    assert len(monitor.samples) >= 3
+    assert monitor.samples[0] == (7.0, 0.0)  # at the start nothing of it is the run's own
+    assert 0.0 < monitor.samples[-1][1] < 1.0  # about one core, smoothed over a minute
+    summary = monitor.summary()
+    assert summary["busy"] and summary["load_average_max"] == 7.0
+    assert 6.0 < summary["load_from_others_max"] <= 7.0
+    assert json.loads(json.dumps(summary)) == summary
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_spin_count_measures_cpu_time_so_load_does_not_shrink_the_items():
+    """Calibrated by wall time on a loaded machine, "50 ms of CPU" items came out 4 ms long.
+
+    Here a busy process shares the one core this calibration is pinned to.
+    """
+    script = (
+        "import os, statistics, subprocess, sys, time\n"
+        "from unified_map.bench_suite import spin_count\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "def count():\n"
+        "    return statistics.median(spin_count(0.05) for _ in range(3))\n"
+        "idle = count()\n"
+        "hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])  # same core\n"
+        "try:\n"
+        "    time.sleep(0.3)\n"
+        "    loaded = count()\n"
+        "finally:\n"
+        "    hog.kill()\n"
+        "    hog.wait()\n"
+        "print(loaded / idle)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert float(completed.stdout) > 0.7  # by wall time it would be about 0.5

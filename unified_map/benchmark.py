@@ -11,10 +11,16 @@ becomes a row that says why. :class:`Measurement` is the same, one backend at a 
 
 from __future__ import annotations
 
+import importlib.metadata
+import math
+import os
+import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from unified_map._cluster import cluster_setup
@@ -37,10 +43,17 @@ __all__ = [
     "Measurement",
     "ResultMismatchError",
     "default_backends",
+    "machine_info",
+    "LoadMonitor",
+    "busy_summary",
 ]
 
 #: The note of a row measured on the active cluster connection.
 AS_FOUND_NOTE = "active connection, used as found"
+
+#: Distributions whose versions :func:`machine_info` reports when they are installed: the
+#: engines, what ships items to workers (cloudpickle) and builds the payload items (numpy).
+REPORTED_PACKAGES = ("cloudpickle", "numpy", "joblib", "dask", "distributed", "pyspark", "ray")
 
 
 @dataclass
@@ -174,7 +187,8 @@ def benchmark(
         Prints as a table, fastest first. Speedup is relative to the ``serial`` backend
         (or the builtin ``map`` when ``serial`` is not compared); overhead per item is the
         wall time beyond a perfect split of that baseline over the backend's workers, divided
-        by the number of items. A backend that could not run is a row with ``error`` set.
+        by the number of items, and 0 when the backend was at least that fast (it is never
+        negative). A backend that could not run is a row with ``error`` set.
 
     Raises
     ------
@@ -194,7 +208,7 @@ def benchmark(
     >>> print(result)  # doctest: +SKIP
     upper: 3 items, median of 2 runs after 1 warm-up; speedup over the serial backend
     backend  workers  start-up s  median s     min s     max s  speedup  overhead us/item
-    serial         1   2.503e-05  1.44e-05  1.37e-05  1.51e-05    1.00x               0.0
+    serial         1   2.503e-05  1.44e-05  1.37e-05  1.51e-05    1.00x              <0.1
     threads        2   0.0002131  7.28e-05  6.93e-05  7.62e-05    0.20x              21.9
     """
     check_counts(repeat, warmup)
@@ -332,9 +346,10 @@ class Measurement:
             if row.ok:
                 row.speedup = baseline_seconds / row.median_seconds if row.median_seconds else None
                 ideal = baseline_seconds / (row.n_workers or 1)
-                row.overhead_us_per_item = (
-                    (row.median_seconds - ideal) / self.n_items * 1e6 if self.n_items else 0.0
-                )
+                # Faster than a perfect split (noise, a baseline slowed by load) is no
+                # overhead at all, not a negative one.
+                beyond = max(0.0, row.median_seconds - ideal)
+                row.overhead_us_per_item = beyond / self.n_items * 1e6 if self.n_items else 0.0
         return BenchmarkResult(self.name, self.n_items, self.repeat, self.warmup, baseline, rows)
 
 
@@ -342,3 +357,205 @@ def _describe(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def machine_info() -> dict:
+    """What benchmark figures depend on, read now: date, cores, memory, load average, Python
+    and the versions of the installed engines.
+
+    Versions come from the packages' metadata, so no engine is imported to read them; a
+    package that is not installed is left out.
+
+    Returns
+    -------
+    dict
+        ``date`` (UTC, ISO 8601), ``cores`` (:func:`os.cpu_count`), ``memory_bytes``,
+        ``load_average`` (1, 5 and 15 minutes; ``None`` where the system has none),
+        ``python``, ``platform`` and ``packages`` (name to version: ``unified_map`` and the
+        installed ones of :data:`REPORTED_PACKAGES`). JSON-ready.
+
+    Examples
+    --------
+    >>> info = machine_info()
+    >>> info["cores"] >= 1 and info["memory_bytes"] > 0 and "unified_map" in info["packages"]
+    True
+    >>> import sys
+    >>> "pyspark" in sys.modules or "ray" in sys.modules  # versions read without importing
+    False
+    """
+    import psutil
+
+    from unified_map import __version__
+
+    try:
+        load = [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows has no load average
+        load = None
+    packages = {"unified_map": __version__}
+    for name in REPORTED_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cores": os.cpu_count() or 1,
+        "memory_bytes": psutil.virtual_memory().total,
+        "load_average": load,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": f"{platform.system()} {platform.machine()}",
+        "packages": packages,
+    }
+
+
+class LoadMonitor:
+    """Watch the machine's load while a benchmark runs: were other processes competing?
+
+    A background thread reads the 1-minute load average every ``interval`` seconds, and this
+    process's own CPU use (children included: pools, local clusters), smoothed over a minute
+    as the kernel smooths the load average so that the two compare. The load average counts
+    the benchmark's own workers too; what is left is the load of other processes.
+
+    The machine counts as busy when the load average exceeded the core count, at the start
+    or during the run, with at least :attr:`OTHERS_THRESHOLD` of it from other processes: a
+    benchmark that alone keeps every core busy is not a busy machine.
+
+    Parameters
+    ----------
+    interval : float, default 2.0
+        Seconds between readings.
+    cores : int, optional
+        Cores to compare the load with (default :func:`os.cpu_count`).
+
+    Examples
+    --------
+    >>> with LoadMonitor(interval=0.01, cores=2) as monitor:
+    ...     _ = sum(range(10**5))
+    >>> summary = monitor.summary()
+    >>> sorted(summary)
+    ['busy', 'cores', 'load_average_max', 'load_from_others_max', 'warning']
+    >>> summary["busy"] == (summary["warning"] is not None)
+    True
+    """
+
+    #: Load (in processes) from other processes that makes a loaded machine "busy".
+    OTHERS_THRESHOLD = 0.5
+
+    def __init__(self, interval: float = 2.0, cores: int | None = None):
+        self.interval = interval
+        self.cores = cores or os.cpu_count() or 1
+        #: ``(load average, this run's own smoothed load)`` per reading, the first at start.
+        self.samples: list[tuple[float, float]] = []
+        self._own_load = 0.0
+        self._cpu_by_pid: dict[int, float] = {}
+        self._last: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LoadMonitor:
+        self._read()
+        self._thread = threading.Thread(target=self._watch, name="LoadMonitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._read()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return  # no load average on this system: never busy
+        now = time.monotonic()
+        own_cores = 0.0
+        if self._last is not None and now > self._last:
+            own_cores = self._own_cpu_seconds() / (now - self._last)
+        else:
+            self._own_cpu_seconds()  # the first reading only sets the baseline
+        if self._last is not None:
+            decay = math.exp(-(now - self._last) / 60.0)  # the kernel's 1-minute average
+            self._own_load = self._own_load * decay + own_cores * (1 - decay)
+        self._last = now
+        self.samples.append((load, self._own_load))
+
+    def _own_cpu_seconds(self) -> float:
+        """CPU seconds this process tree used since the previous call."""
+        import psutil
+
+        used, seen = 0.0, {}
+        try:
+            me = psutil.Process()
+            processes = [me, *me.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # ended in between
+                continue
+            total = times.user + times.system
+            seen[process.pid] = total
+            used += total - self._cpu_by_pid.get(process.pid, 0.0)
+        self._cpu_by_pid = seen
+        return max(0.0, used)
+
+    def summary(self) -> dict:
+        """The highest load average seen, the most of it from other processes, and whether
+        the machine was busy (with the warning to print, else ``None``). JSON-ready."""
+        return busy_summary(self.samples, self.cores, self.OTHERS_THRESHOLD)
+
+
+def busy_summary(
+    samples: Sequence[tuple[float, float]], cores: int, others_threshold: float = 0.5
+) -> dict:
+    """Whether a run whose load readings were ``samples`` ran on a busy machine.
+
+    Parameters
+    ----------
+    samples : sequence of (float, float)
+        ``(1-minute load average, the run's own share of it)`` per reading, first at start.
+    cores : int
+        The machine's cores.
+    others_threshold : float, default 0.5
+        Load from other processes that, with the load average above ``cores``, means busy.
+
+    Examples
+    --------
+    >>> busy_summary([(1.0, 0.0), (2.2, 2.0)], cores=2)["busy"]  # the run's own load
+    False
+    >>> summary = busy_summary([(1.0, 0.0), (3.5, 1.9)], cores=2)
+    >>> summary["busy"], summary["load_average_max"], summary["load_from_others_max"]
+    (True, 3.5, 1.6)
+    >>> print(summary["warning"])  # doctest: +NORMALIZE_WHITESPACE
+    WARNING: the machine was busy: load average up to 3.5 on 2 cores during the run, about
+    1.6 of it from other processes. Figures taken under load mislead (parallel backends look
+    slower than they are); rerun on an idle machine.
+    """
+    busy, load_max, others_max = False, None, None
+    for load, own in samples:
+        others = max(0.0, load - own)
+        load_max = load if load_max is None else max(load_max, load)
+        others_max = others if others_max is None else max(others_max, others)
+        busy = busy or (load > cores and others >= others_threshold)
+    warning = None
+    if busy:
+        warning = (
+            f"WARNING: the machine was busy: load average up to {load_max:.1f} on {cores} "
+            f"cores during the run, about {others_max:.1f} of it from other processes. "
+            "Figures taken under load mislead (parallel backends look slower than they are); "
+            "rerun on an idle machine."
+        )
+    return {
+        "cores": cores,
+        "load_average_max": None if load_max is None else round(load_max, 2),
+        "load_from_others_max": None if others_max is None else round(others_max, 2),
+        "busy": busy,
+        "warning": warning,
+    }

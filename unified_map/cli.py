@@ -1,9 +1,10 @@
 """The ``unified-map`` command: ``unified-map bench`` runs the built-in benchmark suite on every
-installed backend and prints one table per workload; ``scheduler``, ``worker`` and ``status``
-start and inspect a cluster from a shell or a batch script (thin wrappers over
-:mod:`cluster_setup`).
+installed backend, prints one table per workload and writes the chart, the rows (JSON) and a
+Markdown summary to a results folder; ``scheduler``, ``worker`` and ``status`` start and
+inspect a cluster from a shell or a batch script (thin wrappers over :mod:`cluster_setup`).
 
-``python -m unified_map`` with no arguments runs ``bench`` with its defaults.
+``python -m unified_map`` with no command runs ``bench`` (the project's main job), with any
+options of ``bench`` given: ``python -m unified_map --out DIR``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,11 @@ from unified_map.backends import available_backends
 from unified_map.bench_suite import builtin_suite
 
 __all__ = ["main", "build_parser", "run_bench", "run_cluster_command"]
+
+#: Where ``unified-map bench`` writes its files unless ``--out`` says otherwise.
+DEFAULT_OUT = "unified_map_bench"
+#: The files ``unified-map bench`` writes in its results folder.
+OUT_FILES = {"plot": "bench.png", "rows": "bench.json", "summary": "summary.md"}
 
 #: Engines whose setup object lives in :mod:`cluster_setup` under the same name.
 CLUSTER_ENGINES = ("dask",)
@@ -54,14 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     suite = builtin_suite()
     parser = argparse.ArgumentParser(
         prog="unified-map",
-        description="Map a function over any parallel engine; compare the engines here.",
+        description="Map a function over any parallel engine; compare the engines here. "
+        "With no command, or with only options of bench (such as --out DIR), runs bench.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = commands.add_parser(
         "bench",
         help="benchmark every installed backend on a built-in suite",
         description="Run a built-in suite of workloads on every installed backend (local "
-        "engines) and print one table per workload, fastest backend first. Workloads: "
+        "engines) and print one table per workload, fastest backend first; write the chart "
+        f"({OUT_FILES['plot']}), every row with the machine's details ({OUT_FILES['rows']}) "
+        f"and a summary ({OUT_FILES['summary']}) to the results folder. Workloads: "
         + "; ".join(f"{w.name} ({w.purpose}, {w.default_items} items)" for w in suite)
         + ".",
     )
@@ -88,8 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--repeat", type=_positive_int, default=3, metavar="N", help="timed runs (default 3)"
     )
-    bench.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
-    bench.add_argument("--plot", metavar="FILE", help="also save a bar chart to FILE (.png)")
+    bench.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"results folder, created if missing (default ./{DEFAULT_OUT}/)",
+    )
+    bench.add_argument(
+        "--json", metavar="FILE", help="also write the rows as JSON to FILE (as in the folder)"
+    )
+    bench.add_argument(
+        "--plot", metavar="FILE", help="also save the chart to FILE (.png, .svg, .pdf)"
+    )
     _add_cluster_commands(commands)
     return parser
 
@@ -97,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_cluster_commands(commands) -> None:
     def engine_option(command):
         command.add_argument(
-            "--engine", choices=CLUSTER_ENGINES, default="dask", help="cluster engine (dask)"
+            "--engine",
+            choices=CLUSTER_ENGINES,
+            default="dask",
+            help="cluster engine: " + ", ".join(CLUSTER_ENGINES) + " (default dask)",
         )
 
     def scheduler_address(command):
@@ -127,7 +150,13 @@ def _add_cluster_commands(commands) -> None:
         "Ctrl-C or SIGTERM, then leave the scheduler cleanly.",
     )
     scheduler_address(worker)
-    worker.add_argument("--n-workers", type=_positive_int, default=1, metavar="N")
+    worker.add_argument(
+        "--n-workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes to start (default 1)",
+    )
     worker.add_argument(
         "--threads",
         type=_positive_int,
@@ -135,7 +164,12 @@ def _add_cluster_commands(commands) -> None:
         metavar="N",
         help="threads per worker process (default 1)",
     )
-    worker.add_argument("--memory", default="auto", help="memory per worker, e.g. 2GB")
+    worker.add_argument(
+        "--memory",
+        default="auto",
+        help="memory per worker process, e.g. 2GB (default auto: this machine's memory shared "
+        "between the processes)",
+    )
     status = commands.add_parser(
         "status",
         help="connect to a scheduler and print its workers",
@@ -153,11 +187,16 @@ def _add_cluster_commands(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``unified-map`` and ``python -m unified_map``; returns the exit code."""
+    """Entry point of ``unified-map`` and ``python -m unified_map``; returns the exit code.
+
+    With no command, or options only (``python -m unified_map --out DIR``), it runs
+    ``bench``: the project's main job.
+    """
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.command is None:  # bare `python -m unified_map`: the project's main job
-        args = parser.parse_args(["bench"])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["bench", *argv]
+    args = parser.parse_args(argv)
     if args.command == "bench":
         return run_bench(args, parser)
     return run_cluster_command(args)
@@ -194,15 +233,27 @@ def run_cluster_command(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    """Run the suite as ``args`` (from :func:`build_parser`) asks and print the tables.
+    """Run the suite as ``args`` (from :func:`build_parser`) asks, print the tables and write
+    the results folder; returns the exit code.
 
-    Names, output files and matplotlib (for ``--plot``) are checked before anything is
-    measured; a problem is a usage error (exit status 2). Returns the exit code.
+    The output opens with what the figures depend on (date, cores, memory, load average,
+    Python and engine versions) and ends with a warning when the machine was busy during the
+    run, then the paths of the files written in ``args.out``: the chart, the rows as JSON
+    (headed by the same details) and a Markdown summary. Without matplotlib the chart is
+    left out and the output says how to get it.
+
+    Names, the results folder, output files and matplotlib (for ``--plot``) are checked
+    before anything is measured; a problem is a usage error (exit status 2).
     """
     from tqdm.auto import tqdm
 
-    from unified_map.benchmark import Measurement
-    from unified_map.report import PLOT_INSTALL_HINT, plot_results, require_matplotlib
+    from unified_map.benchmark import LoadMonitor, Measurement, machine_info
+    from unified_map.report import (
+        PLOT_INSTALL_HINT,
+        format_legend,
+        format_machine,
+        require_matplotlib,
+    )
 
     def fail(message: str) -> int:
         if parser is not None:
@@ -227,29 +278,46 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
         problem = _unwritable(path) if path else None
         if problem:
             return fail(f"cannot write {option} {path}: {problem}")
-    if args.plot:
-        try:
-            require_matplotlib()
-        except ImportError:
+    try:
+        require_matplotlib()
+        can_plot = True
+    except ImportError:
+        if args.plot:
             return fail(f"--plot needs matplotlib: {PLOT_INSTALL_HINT}")
+        can_plot = False  # the rest is written; the output says how to get the chart
+    out = Path(getattr(args, "out", None) or DEFAULT_OUT)
+    problem = _unusable_folder(out)  # creates it: last, once everything else is known good
+    if problem:
+        return fail(f"cannot write to --out {out}: {problem}")
     warmup = 1
 
+    info = machine_info()
     not_installed = [name for name, installed in known.items() if not installed]
     print(
         f"unified-map bench: {len(suite)} workloads x {len(names)} backends "
         f"({', '.join(names)}); each backend started afresh, then {warmup} warm-up and "
         f"{args.repeat} timed maps with its pool warm; results checked against builtin map."
     )
+    print(format_machine(info))
     if not_installed:
         print(f"Not installed, skipped: {', '.join(not_installed)}")
+    if info["load_average"] and info["load_average"][0] > info["cores"]:
+        print(
+            f"Note: the load average ({info['load_average'][0]:.2f}) is already above the "
+            f"{info['cores']} cores: expect slow figures."
+        )
+    sys.stdout.flush()  # the header before the progress bar (stderr)
     started = time.perf_counter()
     results = []
-    with tqdm(
-        total=len(suite) * len(names) * (warmup + args.repeat),
-        unit="map",
-        file=sys.stderr,
-        desc="bench",
-    ) as bar:
+    with (
+        LoadMonitor(cores=info["cores"]) as monitor,
+        tqdm(
+            total=len(suite) * len(names) * (warmup + args.repeat),
+            unit="map",
+            file=sys.stderr,
+            desc="bench",
+        ) as bar,
+    ):
         for workload in suite:
             bar.set_postfix_str(f"{workload.name}: preparing")
             measurement = Measurement(
@@ -268,22 +336,94 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None =
             results.append(measurement.result(rows))
             del measurement  # free the workload's input and reference results (payloads are large)
     elapsed = time.perf_counter() - started
+    load = monitor.summary()
 
     for result, workload in zip(results, suite, strict=True):
         print()
         print(f"[{workload.purpose}]")
         print(result)
     print()
+    print(format_legend())
+    print()
+    if load["warning"]:
+        print(textwrap.fill(load["warning"], 96))
     print(f"Whole suite: {elapsed:.1f} s")
+
+    document = {
+        "machine": info,
+        "run": {
+            "backends": names,
+            "workloads": [w.name for w in suite],
+            "items": args.items,
+            "repeat": args.repeat,
+            "warmup": warmup,
+            "seconds": round(elapsed, 3),
+            **load,
+        },
+        "rows": [row for result in results for row in result.to_dicts()],
+    }
+    written = _write_results(out.resolve(), results, document, can_plot)
+    print()
     if args.json:
-        rows = [row for result in results for row in result.to_dicts()]
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(rows, file, indent=2)
-        print(f"Rows written to {args.json}")
+        _write_json(Path(args.json), document)
+        print(f"Rows also written to {args.json}")
     if args.plot:
-        plot_results(results, args.plot)
-        print(f"Plot saved to {args.plot}")
+        _plot(Path(args.plot), results, document)
+        print(f"Chart also saved to {args.plot}")
+    print(f"Results in {out.resolve()}{os.sep}:")
+    width = max(len(label) for label, _ in written)
+    for label, path in written:
+        print(f"  {label:<{width}}  {path}")
     return 0
+
+
+def _write_results(
+    out: Path, results: list, document: dict, can_plot: bool
+) -> list[tuple[str, str]]:
+    """Write the folder's files; return ``(label, path or why not)`` for each."""
+    from unified_map.report import PLOT_INSTALL_HINT, format_markdown
+
+    written = []
+    files = {"rows": OUT_FILES["rows"]}
+    if can_plot:
+        _plot(out / OUT_FILES["plot"], results, document)
+        written.append(("plot", str(out / OUT_FILES["plot"])))
+        files["plot"] = OUT_FILES["plot"]
+    else:
+        written.append(("plot", f"not drawn: matplotlib is missing ({PLOT_INSTALL_HINT})"))
+    _write_json(out / OUT_FILES["rows"], document)
+    written.append(("rows", str(out / OUT_FILES["rows"])))
+    summary = format_markdown(results, document["machine"], document["run"], files)
+    (out / OUT_FILES["summary"]).write_text(summary, encoding="utf-8")
+    written.append(("summary", str(out / OUT_FILES["summary"])))
+    return written
+
+
+def _write_json(path: Path, document: dict) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(document, file, indent=2)
+        file.write("\n")
+
+
+def _plot(path: Path, results: list, document: dict) -> None:
+    from unified_map.report import format_machine, plot_results
+
+    busy = " - on a busy machine: see the warning below" if document["run"].get("busy") else ""
+    title = f"unified-map bench{busy}\n" + format_machine(document["machine"], width=130)
+    plot_results(results, path, title=title, warning=document["run"].get("warning"))
+
+
+def _unusable_folder(path: Path) -> str | None:
+    """Create the results folder ``path``; say why it cannot be used, or ``None``."""
+    if path.exists() and not path.is_dir():
+        return "it exists and is not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the directory is not writable"
+    return None
 
 
 def _unwritable(path: str) -> str | None:
