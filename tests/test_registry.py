@@ -96,15 +96,19 @@ def test_pool_is_resized_when_n_workers_changes(name):
     assert again is two  # kept warm at its size
 
 
-def test_no_backend_and_no_connection_means_a_local_process_pool():
+def test_no_backend_and_no_connection_means_auto_on_the_local_process_pool():
+    import time
+
     import cluster_setup
 
     assert cluster_setup.active_connection() is None
-    pids = um.parallel(lambda _: os.getpid(), range(20), chunksize=1)
-    assert os.getpid() not in pids
+    # a cheap map runs right here; a dear one on the warm process pool
+    assert set(um.parallel(lambda _: os.getpid(), range(20))) == {os.getpid()}
+    pids = um.parallel(lambda _: time.sleep(0.03) or os.getpid(), range(20), chunksize=1)
+    assert set(pids[-5:]).isdisjoint({os.getpid()})
     with pytest.raises(KeyError) as caught:
         um.parallel({}.__getitem__, ["missing"])
-    assert "(backend 'multiprocessing')" in "\n".join(caught.value.__notes__)
+    assert "(backend 'auto')" in "\n".join(caught.value.__notes__)
 
 
 @pytest.mark.parametrize("name", ["threads", "multiprocessing"])

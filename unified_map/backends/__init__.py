@@ -53,8 +53,11 @@ _REGISTRY: dict[str, BackendSpec] = {
     "threads": BackendSpec("unified_map.backends.threads:ThreadsBackend"),
 }
 
-#: Used when no backend is named and no cluster connection is active.
-DEFAULT_LOCAL_BACKEND = "multiprocessing"
+#: Used when no backend is named and no cluster connection is active: this process for a
+#: cheap map, the warm process pool (:data:`POOL_BACKEND`) for a dear one.
+DEFAULT_LOCAL_BACKEND = "auto"
+#: The process pool ``auto`` hands dear maps to.
+POOL_BACKEND = "multiprocessing"
 
 
 def register_backend(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from unified_map.backends import DEFAULT_LOCAL_BACKEND, acquire_backend, discard_backend
+from unified_map.backends import POOL_BACKEND, acquire_backend, discard_backend
 from unified_map.backends import release_backend as _release
 from unified_map.backends.base import Backend, completed_future
 
@@ -25,8 +25,9 @@ IN_PROCESS_SECONDS = 0.02
 class AutoBackend(Backend):
     """Run a map in this process while it is cheap, then on the warm process pool.
 
-    Made afresh for each map (its decision is the map's own); the pool it hands work to is the
-    warm ``multiprocessing`` pool every map shares.
+    The default backend when no cluster connection is active. Made afresh for each map (its
+    decision is the map's own); the pool it hands work to is the warm ``multiprocessing`` pool
+    every map shares.
 
     Examples
     --------
@@ -85,7 +86,7 @@ class AutoBackend(Backend):
 
     def _use_pool(self) -> None:
         if self._pool is None:
-            self._pool = acquire_backend(DEFAULT_LOCAL_BACKEND, self._requested)
+            self._pool = acquire_backend(POOL_BACKEND, self._requested)
 
     def check_health(self) -> None:
         if self._pool is not None:
