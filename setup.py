@@ -8,8 +8,11 @@ EXTRAS = {
     # bokeh: the scheduler's dashboard (without it the link only says "needs bokeh")
     "dask": ["dask>=2024.1", "distributed>=2024.1", "bokeh>=3.1.0"],
     "joblib": ["joblib>=1.3"],
-    "spark": ["pyspark>=3.5"],
-    "ray": ["ray>=2.9"],
+    # Spark 4 (it needs Java 17+): cluster_setup.spark relies on its launcher and behaviour
+    "spark": ["pyspark>=4.0,<5"],
+    # 2.60: token authentication and the GCS client cluster_setup.ray uses; ray:// (Ray
+    # Client) needs grpcio too: pip install "ray[client]"
+    "ray": ["ray>=2.60"],
     "plot": ["matplotlib>=3.7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
