@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -236,7 +237,7 @@ def _find_master_ui(where: Address, timeout: float) -> str | None:
     host = _contact_host(where.host)
     known = _known_ui.get((host, where.port))
     if known is not None:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
             if _port_of(_master_json(known, timeout)["url"]) == where.port:
                 return known
     owner = None
@@ -253,7 +254,7 @@ def _find_master_ui(where: Address, timeout: float) -> str | None:
             if port == where.port:
                 continue
             url = f"http://{host}:{port}"
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
                 if _port_of(_master_json(url, min(timeout, 2.0))["url"]) == where.port:
                     _known_ui[(host, where.port)] = url
                     return url
@@ -262,7 +263,7 @@ def _find_master_ui(where: Address, timeout: float) -> str | None:
             f"(pid {owner}) has no Spark master status page (is it a Spark master?)"
         )
     url = f"http://{host}:8080"
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
         if _port_of(_master_json(url, min(timeout, 2.0))["url"]) == where.port:
             _known_ui[(host, where.port)] = url
             return url
@@ -651,7 +652,7 @@ class SparkSetup(ClusterSetup):
         ui_url = f"http://{_contact_host(where.host)}:{ui_port}"
 
         def ready():
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
                 status = _master_json(ui_url, timeout=2)
                 if status.get("status") == "ALIVE" and _port_of(status["url"]) == port:
                     return status
@@ -857,7 +858,7 @@ class SparkSetup(ClusterSetup):
         url = self._master_url(where)
         conf = _context_conf("127.0.0.1" if where.is_loopback else None, where)
         if ui_url is not None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
                 alive = [
                     w["memory"]
                     for w in _master_json(ui_url, timeout)["workers"]
@@ -912,7 +913,7 @@ class SparkSetup(ClusterSetup):
 
 def _registered_worker(host: str, ui_port: int) -> dict | None:
     """The worker's own status page once it is registered with its master, else None."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
         state = _get_json(f"http://{_contact_host(host)}:{ui_port}/json/", 2)
         if isinstance(state, dict) and state.get("masterwebuiurl"):
             return state

@@ -1,13 +1,12 @@
 """Ray: the local instance the ``"ray"`` backend starts (results, errors, cancelling, its
-sockets on loopback, quiet, gone at exit), and the multi-node suite run in a network namespace.
+sockets on loopback, quiet, gone at exit).
 
 The contract suite runs on ``"ray-local"`` in this process (see ``tests/conftest.py``). A Ray
 head with worker nodes is started only inside a network namespace that has nothing but
-``lo``, since Ray rewrites 127.0.0.1 to the machine's outward address: the test
-:func:`test_multi_node_suite_in_a_loopback_only_namespace` runs ``tests/ns_ray_cluster.py``
-(the generic cluster suite, the ``ray-connected`` contract and Ray's own cases) in a child
-pytest started under ``unshare -n`` (as root; ``unshare -r -n`` otherwise). Run only this
-file with ``python -m pytest tests/test_cluster_ray.py --durations=10``.
+``lo``, since Ray rewrites 127.0.0.1 to the machine's outward address: ``python -m
+tests.ray_in_namespace`` (part of README's test command) runs ``tests/ns_ray_cluster.py`` (the
+generic cluster suite, the ``ray-connected`` contract and Ray's own cases) in a pytest started
+under ``unshare -n``.
 """
 
 from __future__ import annotations
@@ -48,40 +47,6 @@ def ray_processes() -> set[int]:
         if process.info["name"] in ("raylet", "gcs_server"):
             found.add(process.pid)
     return found
-
-
-def test_multi_node_suite_in_a_loopback_only_namespace(tmp_path):
-    if shutil.which("unshare") is None:
-        pytest.fail("the Ray multi-node tests need unshare (util-linux) to make a namespace")
-    env = dict(os.environ)
-    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_ADDRESS"):
-        env.pop(key, None)
-    env.update(
-        UNIFIED_MAP_RAY_NAMESPACE="1",
-        RAY_AUTH_TOKEN_PATH=str(tmp_path / "auth_token"),  # ~/.ray is left alone
-        RAY_USAGE_STATS_ENABLED="0",
-    )
-    before = ray_processes()
-    home_token = os.path.expanduser("~/.ray/auth_token")
-    home_token_existed = os.path.exists(home_token)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    command += ["tests/ns_ray_cluster.py", "tests/test_contract.py"]
-    command += ["-k", "ns_ray_cluster or ray-connected", "--durations=5"]
-    result = subprocess.run(
-        in_namespace(LOOPBACK_ONLY, command),
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    (tmp_path / "child.log").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
-    print(result.stdout[-6000:])
-    tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
-    assert " passed" in tail and "skipped" not in tail, tail
-    assert not ray_processes() - before, "Ray daemons left running by the namespaced tests"
-    assert os.path.exists(home_token) == home_token_existed  # ~/.ray left as it was
 
 
 LOOPBACK_CHECK = r"""
