@@ -379,9 +379,6 @@ def machine_info() -> dict:
     >>> info = machine_info()
     >>> info["cores"] >= 1 and info["memory_bytes"] > 0 and "unified_map" in info["packages"]
     True
-    >>> import sys
-    >>> "pyspark" in sys.modules or "ray" in sys.modules  # versions read without importing
-    False
     """
     import psutil
 

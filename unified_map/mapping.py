@@ -424,7 +424,9 @@ class _OrderedRun:
             self.pending.append(task)
             self.running += 1
             self.bytes_in_flight += n_bytes
-            future.add_done_callback(lambda _, task=task: self.finished.put(task))
+            # The callback holds the queue and the task, not this run: an engine that keeps
+            # finished futures a while must not keep func (and what it binds) alive with them.
+            future.add_done_callback(lambda _, put=self.finished.put, task=task: put(task))
 
     def _submit(self, start: int, items: list) -> tuple[concurrent.futures.Future, int]:
         if self.backend.in_process:
