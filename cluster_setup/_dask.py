@@ -30,7 +30,7 @@ from .addresses import (
     parse_address,
     same_endpoint,
 )
-from .base import ClusterSetup
+from .base import ClusterSetup, check_positive_ints
 from .connection import ClusterConnection
 from .errors import EngineNotInstalledError, InvalidAddressError, SchedulerUnreachableError
 from .status import WorkerInfo
@@ -348,9 +348,7 @@ class DaskSetup(ClusterSetup):
             raise InvalidAddressError(_IPV6_REFUSED.format(given=host))
         if where.port == 0:
             raise InvalidAddressError(f"a scheduler address needs its real port, got {address!r}")
-        for label, value in (("n_workers", n_workers), ("threads", threads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        check_positive_ints(n_workers=n_workers, threads=threads)
         client = self._client(where.url, timeout)
         try:
             if host is None:

@@ -29,7 +29,7 @@ import urllib.request
 from typing import Any
 
 from .addresses import Address, check_port_free, local_address_towards, parse_address
-from .base import ClusterSetup
+from .base import ClusterSetup, check_positive_ints
 from .connection import ClusterConnection
 from .errors import (
     ClusterStartError,
@@ -728,9 +728,7 @@ class SparkSetup(ClusterSetup):
         where = parse_address(address, schemes=self._schemes())
         if where.port == 0:
             raise InvalidAddressError(f"a master address needs its real port, got {address!r}")
-        for label, value in (("n_workers", n_workers), ("cores", cores)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        check_positive_ints(n_workers=n_workers, cores=cores)
         megabytes = memory_megabytes(memory)
         home = spark_home()
         check_java()

@@ -42,12 +42,29 @@ from .processes import (
 )
 from .status import ClusterStatus, WorkerInfo
 
-__all__ = ["ClusterSetup"]
+__all__ = ["ClusterSetup", "check_positive_ints"]
 
 T = TypeVar("T")
 
 # Every setup, so that background processes are stopped when the interpreter exits.
 _setups: weakref.WeakSet[ClusterSetup] = weakref.WeakSet()
+
+
+def check_positive_ints(**values: Any) -> None:
+    """Raise a ValueError naming the first of ``values`` that is not a positive int (counts
+    of workers, cores, threads: the verbs check them before starting anything).
+
+    Examples
+    --------
+    >>> check_positive_ints(n_workers=2, cores=1)
+    >>> check_positive_ints(n_workers=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_workers must be a positive int, got True
+    """
+    for label, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
 
 
 class ClusterSetup:
@@ -286,8 +303,7 @@ class ClusterSetup:
         >>> connection.setup.started
         []
         """
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+        check_positive_ints(n_workers=n_workers)
         private = type(self)()
         try:
             connection = private._start_local_cluster(n_workers)
