@@ -21,6 +21,7 @@ from __future__ import annotations
 # object of that name.
 from . import errors as _errors
 from ._dask import DaskSetup
+from ._ray import RaySetup
 from ._spark import SparkSetup
 from .connection import active_connection
 from .errors import *  # noqa: F403 - the error types, listed in its __all__
@@ -28,11 +29,14 @@ from .status import ClusterStatus
 
 #: Dask: ``start_scheduler``, ``start_worker``, ``connect_to_scheduler``, ``report_status``.
 dask = DaskSetup()
+#: Ray: the same four verbs on Ray head and worker nodes (``ray start``, ``ray.init``).
+ray = RaySetup()
 #: Spark: the same four verbs on a standalone master and workers (pyspark's own daemons).
 spark = SparkSetup()
 
 __all__ = [
     "dask",
+    "ray",
     "spark",
     "active_connection",
     "ClusterStatus",

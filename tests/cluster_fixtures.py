@@ -123,6 +123,42 @@ class DaskEngine(ClusterEngine):
         return f"from cluster_setup import dask\n{call}\nprint('returned', flush=True)\n"
 
 
+class RayEngine(ClusterEngine):
+    """A Ray head (0 CPUs) and worker nodes of 1 CPU each. Several nodes on one machine stay
+    on loopback only in a network namespace with nothing but ``lo``: the tests that start
+    them run in one (``tests/test_cluster_ray.py``)."""
+
+    name = "ray"
+    engine_module = "ray"
+    extra = "ray"
+    scheduler_banner = r"\(scheduler\) at (\S+?)[,;]"
+    bigger_worker_options = ({"cores": 2, "memory": "1.5GB"}, 1)
+
+    def start_cluster(self, n_workers: int = 2) -> RunningCluster:
+        setup = self.setup
+        address = setup.start_scheduler("127.0.0.1:0")
+        try:
+            workers = setup.start_worker(address, n_workers=n_workers, memory=10**9)
+        except BaseException:
+            setup.stop(address)
+            raise
+        processes = [p for p in setup.started if p.address == address]
+        return RunningCluster(self, address, workers, processes)
+
+    def start_worker(self, address: str, **options) -> StartedProcess:
+        before = {p.pid for p in self.setup.started}
+        self.setup.start_worker(address, **options)
+        (record,) = [p for p in self.setup.started if p.pid not in before]
+        return record
+
+    def blocking_script(self, role: str, address: str) -> str:
+        if role == "scheduler":
+            call = f"ray.start_scheduler({address!r}, block=True)"
+        else:
+            call = f"ray.start_worker({address!r}, block=True, n_workers=2)"
+        return f"from cluster_setup import ray\n{call}\nprint('returned', flush=True)\n"
+
+
 class SparkEngine(ClusterEngine):
     """A Spark standalone master and workers of 1 core, 1 GiB each (Spark's units are
     binary), started from pyspark's own distribution."""
@@ -174,6 +210,7 @@ class SparkEngine(ClusterEngine):
 
 ENGINES: dict[str, ClusterEngine] = {
     "dask": DaskEngine(),
+    "ray": RayEngine(),
     "spark": SparkEngine(),
 }
 
@@ -201,6 +238,27 @@ def dask_cluster(request) -> RunningCluster:
 def dask_connection(dask_cluster):
     """The session's dask cluster as the active connection, for one test only."""
     connection = cluster_setup.dask.connect_to_scheduler(dask_cluster.address, timeout=30)
+    try:
+        yield connection
+    finally:
+        connection.disconnect()
+        assert cluster_setup.active_connection() is None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(request) -> RunningCluster:
+    """A Ray head (0 CPUs) and two worker nodes of 1 CPU, 1 GB on 127.0.0.1, for the session.
+
+    Only inside a network namespace that has nothing but ``lo`` (see
+    ``tests/test_cluster_ray.py``): elsewhere Ray's nodes would use the outward address.
+    """
+    return _start_session_cluster(request, ENGINES["ray"])
+
+
+@pytest.fixture
+def ray_connection(ray_cluster):
+    """The session's Ray cluster as the active connection, for one test only."""
+    connection = cluster_setup.ray.connect_to_scheduler(ray_cluster.address, timeout=30)
     try:
         yield connection
     finally:

@@ -8,6 +8,8 @@ and start one real cluster per test session.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from unified_map.backends import available_backends
@@ -21,9 +23,14 @@ CONTRACT_TARGETS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in LOCAL_BACKENDS},
     "dask-local": ("dask", None),
     "dask-connected": ("dask", "dask_connection"),
+    "ray-local": ("ray", None),
     "spark-local": ("spark", None),
     "spark-connected": ("spark", "spark_connection"),
 }
+# A Ray head and worker nodes on one machine stay on loopback only in a network namespace
+# with nothing but lo: the connected contract runs there (tests/test_cluster_ray.py).
+if os.environ.get("UNIFIED_MAP_RAY_NAMESPACE") == "1":
+    CONTRACT_TARGETS["ray-connected"] = ("ray", "ray_connection")
 
 
 @pytest.fixture(params=sorted(CONTRACT_TARGETS))

@@ -49,6 +49,7 @@ _REGISTRY: dict[str, BackendSpec] = {
     "futures": BackendSpec("unified_map.backends.futures:FuturesBackend"),
     "joblib": BackendSpec("unified_map.backends.joblib:JoblibBackend", "joblib", "joblib"),
     "multiprocessing": BackendSpec("unified_map.backends.multiprocessing:MultiprocessingBackend"),
+    "ray": BackendSpec("unified_map.backends.ray:RayBackend", "ray", "ray"),
     "serial": BackendSpec("unified_map.backends.serial:SerialBackend"),
     "spark": BackendSpec("unified_map.backends.spark:SparkBackend", "pyspark", "spark"),
     "threads": BackendSpec("unified_map.backends.threads:ThreadsBackend"),

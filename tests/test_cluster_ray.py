@@ -1,0 +1,206 @@
+"""Ray: the local instance the ``"ray"`` backend starts (results, errors, cancelling, its
+sockets on loopback, quiet, gone at exit).
+
+The contract suite runs on ``"ray-local"`` in this process (see ``tests/conftest.py``). A Ray
+head with worker nodes is started only inside a network namespace that has nothing but
+``lo``, since Ray rewrites 127.0.0.1 to the machine's outward address: ``python -m
+tests.ray_in_namespace`` (part of README's test command) runs ``tests/ns_ray_cluster.py`` (the
+generic cluster suite, the ``ray-connected`` contract and Ray's own cases) in a pytest started
+under ``unshare -n``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy
+import psutil
+import pytest
+
+import unified_map as um
+from tests.helpers import is_alive, run_python
+from tests.test_cluster_common import REPO_ROOT
+
+LOOPBACK_ONLY = "ip link set lo up"
+#: A stand-in outward address on lo: Ray takes it for the machine's, and any use shows.
+STAND_IN = (
+    "ip link set lo up && ip addr add 10.200.0.1/24 dev lo && "
+    "ip route add default dev lo src 10.200.0.1"
+)
+
+
+def in_namespace(setup: str, command: list[str]) -> list[str]:
+    """``command`` in a new network namespace prepared by the shell commands ``setup``."""
+    user = [] if os.geteuid() == 0 else ["-r"]  # without root: a user namespace too
+    return ["unshare", *user, "-n", "sh", "-c", f'{setup} && exec "$@"', "ns", *command]
+
+
+def ray_processes() -> set[int]:
+    """Pids of Ray's daemons on this machine (to check that none is left by a test)."""
+    found = set()
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("raylet", "gcs_server"):
+            found.add(process.pid)
+    return found
+
+
+LOOPBACK_CHECK = r"""
+import json, subprocess, threading, time
+import unified_map as um
+
+def slow(x):
+    time.sleep(0.05)
+    return x + 1
+
+samples, done = [], threading.Event()
+
+def sample():
+    while not done.is_set():
+        samples.append(subprocess.run(["ss", "-tuanp"], capture_output=True, text=True).stdout)
+        time.sleep(0.1)
+
+thread = threading.Thread(target=sample)
+thread.start()
+try:
+    assert um.parallel(slow, range(60), backend="ray", chunksize=2) == list(range(1, 61))
+finally:
+    done.set()
+    thread.join()
+
+def host(endpoint):
+    return endpoint.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+
+LOOPBACK, ANY = {"127.0.0.1", "::1"}, {"0.0.0.0", "*", "::"}
+lines = [line.split() for s in samples for line in s.splitlines()[1:] if line.strip()]
+# Netid State Recv-Q Send-Q Local Peer Process
+elsewhere = [
+    " ".join(l) for l in lines
+    if host(l[4]) not in LOOPBACK | ANY or host(l[5]) not in LOOPBACK | ANY
+]
+anywhere = [" ".join(l) for l in lines if l[1] == "LISTEN" and host(l[4]) in ANY]
+print(json.dumps({"sockets": len(lines), "elsewhere": elsewhere, "anywhere": anywhere}))
+"""
+
+
+def test_local_instance_keeps_every_socket_on_loopback(tmp_path):
+    # In a namespace whose lo also carries 10.200.0.1 and a default route through it, Ray
+    # takes 10.200.0.1 for the machine's outward address: during a map, no TCP or UDP socket
+    # may use it or talk to any address but loopback (Ray's API server, not started, would
+    # ask the cloud metadata service at 169.254.169.254).
+    if shutil.which("unshare") is None or shutil.which("ss") is None:
+        pytest.fail("this test needs unshare and ss")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "auth_token")
+    result = subprocess.run(
+        in_namespace(STAND_IN, [sys.executable, "-c", LOOPBACK_CHECK]),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["sockets"] > 5, found  # ss saw Ray's sockets
+    assert found["elsewhere"] == [] and found["anywhere"] == [], found
+
+
+# -- the local instance, in this process --------------------------------------------------------
+
+
+def zeros(n):
+    return numpy.zeros(n)
+
+
+def test_results_are_ordinary_writeable_objects():
+    small, big = um.parallel(zeros, [3, 2_000_000], backend="ray", chunksize=1)
+    assert small.flags.writeable and big.flags.writeable  # Ray's own would be read-only
+    big[0] = 1.0
+    payloads = [numpy.full(1_500_000, i, dtype=numpy.uint8) for i in range(4)]
+    assert um.parallel(len, payloads, backend="ray") == [1_500_000] * 4  # 1.5 MB chunks
+
+
+def test_chunks_are_tasks_not_one_task_per_item(monkeypatch):
+    from unified_map.backends import ray as ray_backend
+
+    submitted = []
+    original = ray_backend._task
+
+    def spy():
+        task = original()
+
+        class Counting:
+            def remote(self, *args):
+                submitted.append(args)
+                return task.remote(*args)
+
+        return Counting()
+
+    monkeypatch.setattr(ray_backend, "_task", spy)
+    assert um.parallel(abs, range(-500, 500), backend="ray") == [abs(x) for x in range(-500, 500)]
+    assert 1 <= len(submitted) <= 32
+    for fn, blob in submitted:
+        assert fn is um.backends.base.run_packed and isinstance(blob, bytes)
+
+
+def test_a_script_using_the_ray_backend_is_quiet_and_leaves_nothing(tmp_path):
+    result = run_python(
+        """
+        import os, psutil
+        import unified_map as um
+        print(um.parallel(abs, [-1, -2, -3], backend="ray"))
+        print(sorted(p.pid for p in psutil.Process().children(recursive=True)))
+        """,
+        timeout=180,
+        cwd=REPO_ROOT,
+        env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token"), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    output, children = result.stdout.splitlines()
+    assert output == "[1, 2, 3]"
+    assert result.stderr == ""
+    left = [pid for pid in json.loads(children) if psutil.pid_exists(pid)]
+    for pid in left:  # zombies reaped by init a moment later do not count
+        try:
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+        except psutil.NoSuchProcess:
+            pass
+    assert not os.path.exists(tmp_path / ".ray" / "auth_token")  # no token file written
+
+
+KILLED_DRIVER = """
+import json, psutil, time
+import unified_map as um
+um.parallel(abs, [-1], backend="ray")
+print(json.dumps([p.pid for p in psutil.Process().children(recursive=True)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_local_instance_dies_with_a_killed_driver(tmp_path):
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", KILLED_DRIVER], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE
+    )
+    pids = []
+    try:
+        pids = json.loads(driver.stdout.readline())
+        assert pids, "the driver started no process?"
+        driver.kill()  # SIGKILL: no exit handler runs
+        driver.wait(30)
+        deadline = time.monotonic() + 60  # a correctness bound, not a speed target
+        while [pid for pid in pids if is_alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in pids if is_alive(pid)], "Ray processes outlived the driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in pids:
+            if is_alive(pid):
+                psutil.Process(pid).kill()
