@@ -38,7 +38,7 @@ def only_loopback() -> bool:
 if not only_loopback() or os.environ.get("UNIFIED_MAP_RAY_NAMESPACE") != "1":
     pytest.skip(
         "Ray's multi-node tests run inside a network namespace with only lo: "
-        "run tests/test_cluster_ray.py",
+        "tests/test_cluster_ray.py runs them",
         allow_module_level=True,
     )
 

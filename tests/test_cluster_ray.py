@@ -1,16 +1,18 @@
 """Ray: the local instance the ``"ray"`` backend starts (results, errors, cancelling, its
-sockets on loopback, quiet, gone at exit).
+sockets on loopback, quiet, gone at exit), and the multi-node suite run in a network namespace.
 
 The contract suite runs on ``"ray-local"`` in this process (see ``tests/conftest.py``). A Ray
 head with worker nodes is started only inside a network namespace that has nothing but
-``lo``, since Ray rewrites 127.0.0.1 to the machine's outward address: ``python -m
-tests.ray_in_namespace`` (part of README's test command) runs ``tests/ns_ray_cluster.py`` (the
-generic cluster suite, the ``ray-connected`` contract and Ray's own cases) in a pytest started
-under ``unshare -n``.
+``lo``, since Ray rewrites 127.0.0.1 to the machine's outward address: the test
+:func:`test_multi_node_suite_in_a_loopback_only_namespace` runs ``tests/ns_ray_cluster.py``
+(the generic cluster suite, the ``ray-connected`` contract and Ray's own cases) in a child
+pytest started under ``unshare -n`` (as root; ``unshare -r -n`` otherwise). Run only this
+file with ``python -m pytest tests/test_cluster_ray.py --durations=10``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -47,6 +49,40 @@ def ray_processes() -> set[int]:
         if process.info["name"] in ("raylet", "gcs_server"):
             found.add(process.pid)
     return found
+
+
+def test_multi_node_suite_in_a_loopback_only_namespace(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.fail("the Ray multi-node tests need unshare (util-linux) to make a namespace")
+    env = dict(os.environ)
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        env.pop(key, None)
+    env.update(
+        UNIFIED_MAP_RAY_NAMESPACE="1",
+        RAY_AUTH_TOKEN_PATH=str(tmp_path / "auth_token"),  # ~/.ray is left alone
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    before = ray_processes()
+    home_token = os.path.expanduser("~/.ray/auth_token")
+    home_token_existed = os.path.exists(home_token)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["tests/ns_ray_cluster.py", "tests/test_contract.py"]
+    command += ["-k", "ns_ray_cluster or ray-connected", "--durations=5"]
+    result = subprocess.run(
+        in_namespace(LOOPBACK_ONLY, command),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    (tmp_path / "child.log").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
+    print(result.stdout[-6000:])
+    tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-3000:]
+    assert " passed" in tail and "skipped" not in tail, tail
+    assert not ray_processes() - before, "Ray daemons left running by the namespaced tests"
+    assert os.path.exists(home_token) == home_token_existed  # ~/.ray left as it was
 
 
 LOOPBACK_CHECK = r"""
@@ -123,6 +159,47 @@ def test_results_are_ordinary_writeable_objects():
     big[0] = 1.0
     payloads = [numpy.full(1_500_000, i, dtype=numpy.uint8) for i in range(4)]
     assert um.parallel(len, payloads, backend="ray") == [1_500_000] * 4  # 1.5 MB chunks
+
+
+def mark_then_sleep(x, folder):
+    """Item 0 returns at once; the others record that they started, then sleep until
+    interrupted (and record that too)."""
+    if x == 0:
+        return x
+    open(os.path.join(folder, f"started-{x}"), "w").close()
+    try:
+        time.sleep(300)
+    except KeyboardInterrupt:
+        open(os.path.join(folder, f"interrupted-{x}"), "w").close()
+        raise
+    return x
+
+
+def test_closing_an_imap_interrupts_running_chunks_and_drops_queued_ones(tmp_path):
+    results = um.imap(mark_then_sleep, range(40), [str(tmp_path)] * 40, backend="ray", chunksize=1)
+    assert next(results) == 0
+    results.close()
+    deadline = time.monotonic() + 120  # a correctness bound: interrupts come within 0.2 s
+    while time.monotonic() < deadline:
+        names = os.listdir(tmp_path)
+        started = {n.split("-")[1] for n in names if n.startswith("started-")}
+        interrupted = {n.split("-")[1] for n in names if n.startswith("interrupted-")}
+        if started and started == interrupted:
+            break
+        time.sleep(0.2)
+    assert started and started == interrupted, (sorted(started), sorted(interrupted))
+    assert len(started) < 39, "queued chunks ran after the consumer stopped"
+    assert um.parallel(abs, [-1, -2], backend="ray") == [1, 2]  # the workers are free again
+
+
+def test_many_early_stopped_maps_leave_the_driver_alive():
+    # ray.cancel racing with a task's reply killed the driver in Ray 2.60 (see _CancelWatch):
+    # a few hundred of these in a row ended the process within seconds.
+    for _ in range(150):
+        results = um.imap(abs, itertools.count(), backend="ray", chunksize=5)
+        assert [next(results) for _ in range(10)] == list(range(10))
+        results.close()
+    assert um.parallel(abs, [-4], backend="ray") == [4]
 
 
 def test_chunks_are_tasks_not_one_task_per_item(monkeypatch):

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import queue
+import signal
+import threading
+import time
+from typing import Any
 
 from unified_map._cluster import cluster_setup
 from unified_map.backends.cluster import ClusterBackend
@@ -37,11 +42,139 @@ def _as_array(blob: bytes):
     return numpy.frombuffer(blob, dtype=numpy.uint8)
 
 
+#: Namespace of the cancel requests in Ray's key-value store (GCS), one key per task.
+CANCEL_NAMESPACE = "unified_map"
+
+#: A running chunk looks for its cancel request this often (seconds).
+CANCEL_POLL_SECONDS = 0.2
+
+
+def _cancel_key(task_id: str) -> str:
+    return f"cancel/{task_id}"
+
+
+def _kv():
+    from ray.experimental import internal_kv
+
+    return internal_kv
+
+
+class _CancelWatch:
+    """Worker side of cancelling: stop this worker's running chunk when the driver asks.
+
+    ``ray.cancel`` is not used: in Ray 2.60 a cancel that meets the reply of the task it
+    cancels kills the driver ("Check failed: it != submissible_tasks_.end() Tried to complete
+    task that was not pending", the race of ray-project/ray#54785); it happened within a few
+    hundred early-stopped ``imap`` calls here. Instead the driver writes a key per task into
+    Ray's key-value store; a chunk that has not started yet sees it and returns at once, and
+    one thread per worker process polls it while a chunk runs and interrupts the chunk (a
+    ``KeyboardInterrupt`` between two bytecodes, as ``ray.cancel(force=False)`` does).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None  # the chunk running now, on the main thread
+        self._fired: str | None = None  # the key whose chunk was interrupted
+        self._sent = False  # a SIGINT of ours is on its way
+        self._previous_handler: Any = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watching(self, key: str):
+        """Interrupt the code in the block if ``key`` appears (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._install()
+        # Ray's workers block SIGINT: unblocked while the chunk runs, so that the signal
+        # wakes a blocking call (time.sleep, a lock) rather than waiting for it to end.
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        with self._lock:
+            self._key, self._fired = key, None
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._key = None  # a late signal of ours is swallowed from here on
+            deadline = time.monotonic() + 1
+            while self._sent and time.monotonic() < deadline:
+                time.sleep(0.001)  # let a signal of ours on its way arrive, and be swallowed
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def fired(self, key: str) -> bool:
+        return self._fired == key
+
+    def _install(self) -> None:
+        if self._thread is not None:
+            return
+        # Kept for the life of the worker (Ray reuses it for other tasks): signals that are
+        # not ours go to the handler that was there before.
+        self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._thread = threading.Thread(target=self._poll, name="unified_map cancel", daemon=True)
+        self._thread.start()
+
+    def _on_sigint(self, signum, frame):
+        with self._lock:
+            ours, self._sent = self._sent, False
+            running = self._key is not None
+        if not ours:
+            previous = self._previous_handler
+            if callable(previous):
+                return previous(signum, frame)
+            if previous == signal.SIG_IGN:
+                return None
+            raise KeyboardInterrupt
+        if running:
+            raise KeyboardInterrupt  # caught by run_chunk: the chunk ends here
+        return None
+
+    def _poll(self) -> None:
+        main = threading.main_thread().ident
+        while True:
+            self._wake.wait()
+            time.sleep(CANCEL_POLL_SECONDS)
+            with self._lock:
+                key = self._key
+                if key is None:
+                    self._wake.clear()
+                    continue
+            try:
+                requested = _kv()._internal_kv_exists(key, namespace=CANCEL_NAMESPACE)
+            except Exception:  # noqa: BLE001 - the session is ending: nothing to stop
+                continue
+            if not requested:
+                continue
+            with contextlib.suppress(Exception):
+                _kv()._internal_kv_del(key, namespace=CANCEL_NAMESPACE)
+            with self._lock:
+                if self._key == key and self._fired is None:
+                    self._fired, self._sent = key, True
+                    signal.pthread_kill(main, signal.SIGINT)
+
+
+_watch = _CancelWatch()
+
+
 def run_chunk_task(fn, blob):
-    """Worker side: ``fn(blob)`` (``run_packed``) on a blob that may arrive as an array."""
+    """Worker side: ``fn(blob)`` (``run_packed``) on a blob that may arrive as an array;
+    None for a chunk cancelled before or while it ran."""
+    key = _cancel_key(ray.get_runtime_context().get_task_id())
+    kv = _kv()
+    if kv._internal_kv_exists(key, namespace=CANCEL_NAMESPACE):
+        kv._internal_kv_del(key, namespace=CANCEL_NAMESPACE)
+        return None
     if not isinstance(blob, bytes):
         blob = memoryview(blob)  # a read-only view of the object store: unpickled, not copied
-    return _as_array(fn(blob))
+    try:
+        with _watch.watching(key):
+            result = fn(blob)
+    except KeyboardInterrupt:
+        if _watch.fired(key):
+            return None
+        raise
+    return None if _watch.fired(key) else _as_array(result)
 
 
 _remote_task = None
@@ -60,15 +193,49 @@ def _task():
     return _remote_task
 
 
+class _CancelRequests:
+    """Driver side: writes (and later removes) the cancel keys on a thread of its own, so
+    that cancelling hundreds of queued chunks costs the caller nothing."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def send(self, action: str, key: str) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="unified_map ray cancel", daemon=True
+                )
+                self._thread.start()
+        self._queue.put((action, key))
+
+    def _run(self) -> None:
+        while True:
+            action, key = self._queue.get()
+            kv = _kv()
+            with contextlib.suppress(Exception):  # the session ended: nothing to cancel
+                if action == "put":
+                    kv._internal_kv_put(key, b"1", namespace=CANCEL_NAMESPACE)
+                else:
+                    kv._internal_kv_del(key, namespace=CANCEL_NAMESPACE)
+
+
+_cancel_requests = _CancelRequests()
+
+
 class RayFuture(concurrent.futures.Future):
     """A :class:`concurrent.futures.Future` mirroring one Ray task; ``cancel()`` cancels the
-    task too (queued: dropped; running: interrupted)."""
+    task too (queued: it returns at once when it starts; running: interrupted within
+    :data:`CANCEL_POLL_SECONDS`), see :class:`_CancelWatch`."""
 
     def __init__(self, backend: ClusterBackend, connection, ref):
         super().__init__()
         self.ref = ref
         self._backend = backend
         self._connection = connection
+        self._cancel_key: str | None = None
         ref.future().add_done_callback(self._settle)  # completed by Ray's callback thread
 
     def _settle(self, remote: concurrent.futures.Future) -> None:
@@ -79,16 +246,19 @@ class RayFuture(concurrent.futures.Future):
         else:
             setter = self.set_result
         self.ref = None
+        if self._cancel_key is not None:  # the task is over: its cancel key goes too
+            _cancel_requests.send("del", self._cancel_key)
         if not self.done():
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 setter(value)
 
     def cancel(self) -> bool:
-        # Cancelled here first: Ray settles a withdrawn task at once, on its own thread.
         ref, cancelled = self.ref, super().cancel()
         if cancelled and ref is not None:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, recursive=True)
+            self._cancel_key = _cancel_key(ref.task_id().hex())
+            _cancel_requests.send("put", self._cancel_key)
+            if self.ref is None:  # settled meanwhile: _settle may have missed the key
+                _cancel_requests.send("del", self._cancel_key)
         return cancelled
 
 
