@@ -10,9 +10,9 @@ EXTRAS = {
     "joblib": ["joblib>=1.3"],
     # Spark 4 (it needs Java 17+): cluster_setup.spark relies on its launcher and behaviour
     "spark": ["pyspark>=4.0,<5"],
-    # 2.60: token authentication and the GCS client cluster_setup.ray uses; ray:// (Ray
-    # Client) needs grpcio too: pip install "ray[client]"
-    "ray": ["ray>=2.60"],
+    # 2.60: token authentication and the GCS client cluster_setup.ray uses; [client]: grpcio,
+    # which ray:// (Ray Client, a driver off the cluster) needs
+    "ray": ["ray[client]>=2.60"],
     "plot": ["matplotlib>=3.7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

@@ -447,8 +447,10 @@ class RaySetup(ClusterSetup):
                 f"--dashboard-host={host}",
                 f"--dashboard-port={dashboard_port}",
             ]
+        client = None
         if importlib.util.find_spec("grpc") is not None:  # Ray Client's server, on a free port
-            command.append(f"--ray-client-server-port={_free_port(host)}")
+            client = f"ray://{host}:{_free_port(host)}"
+            command.append(f"--ray-client-server-port={client.rsplit(':', 1)[1]}")
         record = self._spawn(
             "scheduler", f"{host}:{where.port}", command, block=block, env=_node_environment()
         )
@@ -474,7 +476,8 @@ class RaySetup(ClusterSetup):
                 [record],
                 f"cluster_setup: ray head (scheduler) at {record.address}; worker nodes "
                 f"join with cluster_setup.ray.start_worker({record.address!r}); "
-                f"{_auth_hint()}; serving until Ctrl-C or SIGTERM",
+                + (f"drivers off the cluster connect to {client!r}; " if client else "")
+                + f"{_auth_hint()}; serving until Ctrl-C or SIGTERM",
             )
         return record.address
 

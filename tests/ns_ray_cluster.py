@@ -115,3 +115,18 @@ def test_a_wrong_or_missing_token_is_a_clear_error_at_once(ray_cluster, token, t
         assert ray_cluster.address in message and "refused" in message, line
         assert re.search(r"RAY_AUTH_MODE=token .*RAY_AUTH_TOKEN", message), line
     assert lines[2] == "0"  # no node was started
+
+
+def test_ray_client_address_runs_maps_from_off_the_cluster(ray_cluster):
+    # The head serves Ray Client (ray://) on a free port (ray[client] is part of the extra);
+    # a driver that is not a cluster node connects through it.
+    (head,) = [p for p in ray_cluster.processes if p.role == "scheduler"]
+    (flag,) = [arg for arg in head.command if arg.startswith("--ray-client-server-port=")]
+    address = f"ray://127.0.0.1:{flag.split('=')[1]}"
+    with cluster_setup.ray.connect_to_scheduler(address, timeout=60) as connection:
+        assert cluster_setup.active_connection() is connection
+        assert um.parallel(abs, range(-20, 0), chunksize=3) == list(range(20, 0, -1))
+        with pytest.raises(ZeroDivisionError):
+            um.parallel(lambda x: 1 / x, [1, 0])
+        assert um.parallel(abs, [-5]) == [5]  # still usable after the error
+    assert cluster_setup.active_connection() is None
