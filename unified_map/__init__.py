@@ -18,6 +18,8 @@ from unified_map.backends import available_backends, register_backend
 from unified_map.benchmark import benchmark
 from unified_map.errors import (
     BackendNotInstalledError,
+    CheckpointError,
+    CheckpointMismatchError,
     RemoteTraceback,
     ResultMismatchError,
     UnifiedMapError,
@@ -26,6 +28,7 @@ from unified_map.errors import (
     WorkerLostError,
 )
 from unified_map.mapping import imap, parallel, starmap
+from unified_map.options import Failure
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,7 @@ __all__ = [
     "available_backends",
     "register_backend",
     "cluster_setup",
+    "Failure",
     "UnifiedMapError",
     "UnknownBackendError",
     "BackendNotInstalledError",
@@ -44,4 +48,6 @@ __all__ = [
     "ResultMismatchError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
+    "CheckpointError",
+    "CheckpointMismatchError",
 ]

@@ -22,6 +22,8 @@ __all__ = [
     "ResultMismatchError",
     "RemoteTraceback",
     "UnpicklableRemoteError",
+    "CheckpointError",
+    "CheckpointMismatchError",
     *_cluster_errors.__all__,
 ]
 
@@ -82,3 +84,13 @@ class UnpicklableRemoteError(UnifiedMapError, RuntimeError):
     def __reduce__(self):
         # It exists to cross process boundaries, so it must rebuild from its own arguments.
         return type(self), (self.type_name, self.message)
+
+
+class CheckpointError(UnifiedMapError, ValueError):
+    """A ``checkpoint=`` file that cannot be used: another kind of file, a corrupted or newer
+    checkpoint, one that cannot be written, or a result that cannot be pickled into it."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The input differs, at a position whose result is stored, from the input of the run
+    that stored it; the message names the position."""

@@ -55,6 +55,20 @@ class AutoBackend(Backend):
         return self._pool is None
 
     @property
+    def runs_in_caller(self) -> bool:  # type: ignore[override]
+        """True until the map hands its work to the pool."""
+        return self._pool is None
+
+    @property
+    def starts_local_processes(self) -> bool:  # type: ignore[override]
+        """True once the map runs on the process pool."""
+        return self._pool is not None
+
+    @property
+    def worker_lost_errors(self):  # type: ignore[override]
+        return () if self._pool is None else self._pool.worker_lost_errors
+
+    @property
     def balances_load(self) -> bool:  # type: ignore[override]
         """A map known to be cheap runs as one chunk, as the serial backend would."""
         return not self._known_cheap
@@ -95,6 +109,11 @@ class AutoBackend(Backend):
     def cancel(self, futures) -> None:
         if self._pool is not None:
             self._pool.cancel(futures)
+
+    def stop_task(self, future, worker_pid) -> bool:
+        if self._pool is not None:
+            return self._pool.stop_task(future, worker_pid)
+        return False
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         pool, self._pool = self._pool, None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -32,6 +33,7 @@ import cloudpickle
 
 from unified_map.chunking import TARGET_CHUNK_SECONDS
 from unified_map.errors import UnpicklableRemoteError
+from unified_map.timeouts import ItemTimeout, item_clock
 
 # How deep this thread is in running chunks: above 0 inside a worker's task (any backend).
 _worker_state = threading.local()
@@ -46,23 +48,75 @@ class ChunkFailure:
     traceback_text: str
     #: True when ``func`` succeeded but its result could not be pickled to travel back.
     in_result: bool = False
+    #: How many times the item was run (more than 1 after retries).
+    attempts: int = 1
 
 
 @dataclass
 class ChunkOutcome:
     """The result of running ``func`` over one chunk of items.
 
-    ``results`` holds the values computed before ``failure`` (all of them when it is None);
+    Without ``keep_going`` (the default policy), ``results`` holds the values computed before
+    the first failure (all of them when there is none). With it, ``results`` has one slot per
+    item and a failed item's slot holds None; ``failures`` lists every failed item.
     ``seconds`` is the compute time measured where the chunk ran, which the auto chunker uses.
     """
 
     results: list = field(default_factory=list)
-    failure: ChunkFailure | None = None
+    failures: list[ChunkFailure] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def failure(self) -> ChunkFailure | None:
+        """The first failure, or None."""
+        return self.failures[0] if self.failures else None
 
-def run_chunk(func: Callable, items: list) -> ChunkOutcome:
-    """Apply ``func`` to each item, stopping at the first exception and recording it.
+
+@dataclass(frozen=True)
+class ItemPolicy:
+    """How a worker runs each item of a chunk: the part of a map's options that travels.
+
+    Attributes
+    ----------
+    retries : int
+        Run a failing item again, right away in the same task, up to this many more times.
+    retry_on : tuple of exception types
+        Only exceptions of these types are retried (never a BaseException that is not an
+        Exception, such as KeyboardInterrupt).
+    timeout : float or None
+        Seconds an item may run before it fails with ``TimeoutError``.
+    keep_going : bool
+        After a failed item, go on with the rest of the chunk (``on_error="return"``).
+    interrupt : bool
+        Stop an item at its timeout in the worker (only in a worker process, never in the
+        caller's: see :mod:`unified_map.timeouts`).
+    spool : str or None
+        A local directory where a worker notes its pid per task (``tag``), so that the driver
+        can stop a local worker process whose item does not stop.
+    tag : str
+        Names the task in ``spool``.
+    """
+
+    retries: int = 0
+    retry_on: tuple = (Exception,)
+    timeout: float | None = None
+    keep_going: bool = False
+    interrupt: bool = False
+    spool: str | None = None
+    tag: str = ""
+
+    @property
+    def plain(self) -> bool:
+        """The default: stop at the first failure, no retries, no time limit."""
+        return not (self.retries or self.timeout is not None or self.keep_going)
+
+
+_PLAIN = ItemPolicy()
+
+
+def run_chunk(func: Callable, items: list, policy: ItemPolicy | None = None) -> ChunkOutcome:
+    """Apply ``func`` to each item, stopping at the first exception and recording it
+    (or, as ``policy`` says, retrying items, timing them and going on after a failure).
 
     Examples
     --------
@@ -70,7 +124,12 @@ def run_chunk(func: Callable, items: list) -> ChunkOutcome:
     [1, 2]
     >>> run_chunk(lambda x: 1 / x, [1, 0]).failure.index
     1
+    >>> outcome = run_chunk(lambda x: 1 / x, [0, 2], ItemPolicy(keep_going=True, retries=1))
+    >>> outcome.results, outcome.failure.index, outcome.failure.attempts
+    ([None, 0.5], 0, 2)
     """
+    if policy is not None and not policy.plain:
+        return _run_with_policy(func, items, policy)
     results: list = []
     start = time.perf_counter()
     _worker_state.depth = getattr(_worker_state, "depth", 0) + 1
@@ -81,20 +140,116 @@ def run_chunk(func: Callable, items: list) -> ChunkOutcome:
     except BaseException as exc:  # noqa: BLE001 - SystemExit and the like too: a pool
         # thread or process that let them escape would die and leave its task unfinished.
         failure = ChunkFailure(len(results), exc, traceback.format_exc())
-        return ChunkOutcome(results, failure, time.perf_counter() - start)
+        return ChunkOutcome(results, [failure], time.perf_counter() - start)
     finally:
         _worker_state.depth -= 1
     if len(results) < len(items):
-        # func raised StopIteration, which map() takes for "no more items": the rest of the
-        # chunk would vanish silently. Report it as PEP 479 does for generators.
-        failure = ChunkFailure(
-            len(results),
-            RuntimeError("func raised StopIteration"),
-            "StopIteration raised by func (reported as RuntimeError, as PEP 479 does for "
-            "generators: map() would silently drop the remaining items)\n",
+        return ChunkOutcome(
+            results, [_stop_iteration_failure(len(results))], time.perf_counter() - start
         )
-        return ChunkOutcome(results, failure, time.perf_counter() - start)
-    return ChunkOutcome(results, None, time.perf_counter() - start)
+    return ChunkOutcome(results, [], time.perf_counter() - start)
+
+
+def _stop_iteration_failure(index: int, attempts: int = 1) -> ChunkFailure:
+    # func raised StopIteration, which map() takes for "no more items": the rest of the
+    # chunk would vanish silently. Report it as PEP 479 does for generators.
+    return ChunkFailure(
+        index,
+        RuntimeError("func raised StopIteration"),
+        "StopIteration raised by func (reported as RuntimeError, as PEP 479 does for "
+        "generators: map() would silently drop the remaining items)\n",
+        attempts=attempts,
+    )
+
+
+def _run_with_policy(func: Callable, items: list, policy: ItemPolicy) -> ChunkOutcome:
+    """:func:`run_chunk` with retries, a time limit per item, or going on after failures.
+
+    With no time limit the loop is still ``extend(map(...))``, resumed after each failure:
+    a map in which nothing fails costs what a plain one does.
+    """
+    results: list = []
+    failures: list[ChunkFailure] = []
+    start = time.perf_counter()
+    if policy.spool:
+        _note_worker(policy)
+    clock = item_clock() if policy.timeout is not None and policy.interrupt else None
+    _worker_state.depth = getattr(_worker_state, "depth", 0) + 1
+    try:
+        with clock or contextlib.nullcontext():
+            call = func if clock is None else _timed(func, clock, policy.timeout)
+            remaining = iter(items)
+            while len(results) < len(items):
+                try:
+                    results.extend(map(call, remaining))
+                    if len(results) == len(items):
+                        break
+                    # StopIteration from func ended map() early: the item it was raised on
+                    first: BaseException = RuntimeError("func raised StopIteration")
+                    first_text = _stop_iteration_failure(0).traceback_text
+                except BaseException as exc:  # noqa: BLE001 - see run_chunk
+                    first, first_text = _as_item_error(exc, policy), traceback.format_exc()
+                value, failure = _retry(call, items[len(results)], first, first_text, policy)
+                if failure is None:
+                    results.append(value)
+                    continue
+                failure.index = len(results)
+                failures.append(failure)
+                if not policy.keep_going or not isinstance(failure.exception, Exception):
+                    break  # a BaseException such as KeyboardInterrupt stops the chunk
+                results.append(None)
+    finally:
+        _worker_state.depth -= 1
+    return ChunkOutcome(results, failures, time.perf_counter() - start)
+
+
+def _retry(call, item, exc, text, policy: ItemPolicy):
+    """Run ``item`` again while its exception is one to retry: ``(value, None)`` once it
+    succeeds, or ``(None, ChunkFailure)`` with the last exception."""
+    attempts = 1
+    while (
+        attempts <= policy.retries
+        and isinstance(exc, Exception)
+        and isinstance(exc, policy.retry_on)
+    ):
+        attempts += 1
+        try:
+            return call(item), None
+        except BaseException as again:  # noqa: BLE001 - see run_chunk
+            exc, text = _as_item_error(again, policy), traceback.format_exc()
+            if isinstance(again, StopIteration):
+                text = _stop_iteration_failure(0).traceback_text
+    return None, ChunkFailure(0, exc, text, attempts=attempts)
+
+
+def _as_item_error(exc: BaseException, policy: ItemPolicy) -> BaseException:
+    if isinstance(exc, ItemTimeout):
+        error = TimeoutError(f"item ran longer than timeout={policy.timeout:g} s")
+        error.__cause__ = None
+        return error
+    if isinstance(exc, StopIteration):
+        return RuntimeError("func raised StopIteration")
+    return exc
+
+
+def _timed(func: Callable, clock, seconds: float) -> Callable:
+    def timed_call(item):
+        clock.arm(seconds)
+        try:
+            return func(item)
+        finally:
+            clock.disarm()
+
+    return timed_call
+
+
+def _note_worker(policy: ItemPolicy) -> None:
+    """Write this process's pid where the driver looks when it must stop this task."""
+    try:
+        with open(os.path.join(policy.spool, policy.tag), "w") as file:
+            file.write(str(os.getpid()))
+    except OSError:  # the map ended meanwhile and removed its spool: nothing to note
+        pass
 
 
 class _KeepFileNames(cloudpickle.Pickler):
@@ -124,7 +279,7 @@ except ImportError:  # pragma: no cover - another cloudpickle: file names stay b
 _BLANKED_FILE_NAME = "<dynamic-code>"
 
 
-def pack(func: Callable, items: list) -> bytes:
+def pack(func: Callable, items: list, policy: ItemPolicy | None = None) -> bytes:
     """Serialise a task with cloudpickle, so lambdas and ``__main__`` functions travel too;
     their code keeps its file name, so a worker's traceback points at the user's file.
 
@@ -136,7 +291,8 @@ def pack(func: Callable, items: list) -> bytes:
     (2, True)
     """
     buffer = io.BytesIO()
-    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((func, items))
+    task = (func, items) if policy is None or policy.plain else (func, items, policy)
+    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(task)
     return buffer.getvalue()
 
 
@@ -166,30 +322,61 @@ def run_packed(blob: bytes) -> bytes:
     >>> unpack_outcome(run_packed(pack(str, [1, 2]))).results
     ['1', '2']
     """
-    func, items = cloudpickle.loads(blob)
-    outcome = run_chunk(func, items)
-    if outcome.failure is not None:
+    func, items, *policy = cloudpickle.loads(blob)
+    if policy:
+        # Only here, in a worker process, may an item be interrupted at its time limit.
+        policy = [dataclasses.replace(policy[0], interrupt=True)]
+    outcome = run_chunk(func, items, *policy)
+    for failure in outcome.failures:
         # The worker's traceback travels as text (traceback_text). Where tblib's pickling is
         # installed (distributed installs it at import) the exception would otherwise carry
         # the worker's frames, and the caller would not attach them as a RemoteTraceback.
-        outcome.failure.exception.__traceback__ = None
-    if outcome.failure is not None and not _round_trips(outcome.failure.exception):
-        # e.g. an exception whose __init__ takes other arguments than it passes to super():
-        # it pickles but cannot be rebuilt, so send its type name and text instead.
-        exc = outcome.failure.exception
-        outcome.failure.exception = UnpicklableRemoteError(_qualname(type(exc)), str(exc))
+        failure.exception.__traceback__ = None
+        if not _round_trips(failure.exception):
+            # e.g. an exception whose __init__ takes other arguments than it passes to
+            # super(): it pickles but cannot be rebuilt, so send its type name and text.
+            exc = failure.exception
+            failure.exception = UnpicklableRemoteError(_qualname(type(exc)), str(exc))
     try:
         return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - a return value of func that cannot travel back
-        index = _first_unpicklable(outcome.results)
-        failure = ChunkFailure(
-            index,
-            UnpicklableRemoteError(_qualname(type(exc)), f"result could not be pickled: {exc}"),
-            traceback.format_exc(),
-            in_result=True,
+        keep_going = bool(policy) and policy[0].keep_going
+        return cloudpickle.dumps(
+            _without_unpicklable(outcome, exc, keep_going), protocol=pickle.HIGHEST_PROTOCOL
         )
-        outcome = ChunkOutcome(outcome.results[:index], failure, outcome.seconds)
-        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _without_unpicklable(outcome: ChunkOutcome, exc: Exception, keep_going: bool) -> ChunkOutcome:
+    """The outcome with results that cannot be pickled turned into failures: the first one
+    ends the chunk, or, going on after failures, each one fills its slot."""
+    text = traceback.format_exc()
+
+    def failure(index):
+        error = UnpicklableRemoteError(
+            _qualname(type(exc)), f"result could not be pickled: {exc}"
+        )
+        return ChunkFailure(index, error, text, in_result=True)
+
+    failures = {f.index: f for f in outcome.failures}
+    if not keep_going:
+        index = _first_unpicklable(outcome.results)
+        if index < len(outcome.results):
+            return ChunkOutcome(outcome.results[:index], [failure(index)], outcome.seconds)
+        return ChunkOutcome(outcome.results, [], outcome.seconds)  # pragma: no cover
+    results = list(outcome.results)
+    for index, value in enumerate(results):
+        if index not in failures and not _pickles(value):
+            results[index] = None
+            failures[index] = failure(index)
+    return ChunkOutcome(results, sorted(failures.values(), key=lambda f: f.index), outcome.seconds)
+
+
+def _pickles(value) -> bool:
+    try:
+        cloudpickle.dumps(value)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def _round_trips(exc: BaseException) -> bool:
@@ -202,9 +389,7 @@ def _round_trips(exc: BaseException) -> bool:
 
 def _first_unpicklable(values: list) -> int:
     for index, value in enumerate(values):
-        try:
-            cloudpickle.dumps(value)
-        except Exception:  # noqa: BLE001
+        if not _pickles(value):
             return index
     return len(values)
 
@@ -319,6 +504,10 @@ class Backend(concurrent.futures.Executor):
     balances_load: bool = True
     #: Exceptions a future raises when the engine lost a worker; reported as WorkerLostError.
     worker_lost_errors: tuple[type[BaseException], ...] = ()
+    #: True for backends whose ``submit`` runs the task right away in the caller's thread
+    #: (``serial``): a map with ``timeout=`` then runs each task on a thread of its own, so
+    #: that it can give up on it on time.
+    runs_in_caller: bool = False
 
     def __init__(self, n_workers: int | None = None):
         self.n_workers = n_workers or default_worker_count()
@@ -368,6 +557,20 @@ class Backend(concurrent.futures.Executor):
         """Withdraw tasks that are no longer wanted (after an error or an early stop)."""
         for future in futures:
             future.cancel()
+
+    def stop_task(self, future: concurrent.futures.Future, worker_pid: int | None) -> bool:
+        """Stop the running task behind ``future``, whose item ran past its ``timeout=``.
+
+        The map has given up on ``future`` and ignores it from now on. ``worker_pid`` is the
+        local worker process running the task, when the backend starts local processes and
+        the task noted it. By default the task is cancelled (a cluster engine stops it; a
+        thread cannot be stopped and runs on). Process pools replace the stuck worker.
+
+        Returns True when stopping it may have cost other running tasks of the pool (a pool
+        that breaks as a whole when one worker is killed): the map then runs those again.
+        """
+        self.cancel([future])
+        return False
 
     @property
     def max_in_flight(self) -> int:

@@ -6,7 +6,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from unified_map.backends.base import Backend
-from unified_map.backends.multiprocessing import process_context, terminate_processes
+from unified_map.backends.multiprocessing import (
+    kill_process,
+    process_context,
+    terminate_processes,
+)
 
 
 class FuturesBackend(Backend):
@@ -31,6 +35,19 @@ class FuturesBackend(Backend):
 
     def submit(self, fn, /, *args, **kwargs):
         return self._executor.submit(fn, *args)
+
+    def stop_task(self, future, worker_pid) -> bool:
+        """Kill the worker running the task. A ProcessPoolExecutor breaks as a whole when a
+        worker dies, so later tasks go to a fresh one; the map runs again the tasks the
+        broken one held."""
+        old = self._executor
+        worker = (getattr(old, "_processes", None) or {}).get(worker_pid)
+        if worker is None:
+            return False
+        self._executor = ProcessPoolExecutor(self.n_workers, mp_context=process_context())
+        kill_process(worker)
+        old.shutdown(wait=False, cancel_futures=True)  # it stops its other workers itself
+        return True
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         if wait:

@@ -16,6 +16,9 @@ must stop at once (Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 from joblib.executor import get_memmapping_executor
@@ -64,6 +67,21 @@ class JoblibBackend(Backend):
             # (a broken one must fail this map: its futures report the lost worker)
             executor = self._executor = self._current_executor()
         return executor.submit(fn, *args)
+
+    def stop_task(self, future, worker_pid) -> bool:
+        """Kill the worker running the task. loky marks its executor broken when a worker
+        dies (and stops the other workers): later tasks go to the fresh executor joblib then
+        hands out, and the map runs again the tasks the broken one held."""
+        executor = self._executor
+        if worker_pid not in (getattr(executor, "_processes", None) or {}):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not executor._flags.broken and time.monotonic() < deadline:
+            time.sleep(0.01)  # loky notices within moments
+        self._executor = self._current_executor()
+        return True
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         if not wait and cancel_futures:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import multiprocessing
 import multiprocessing.pool
+import os
+import signal
 import sys
 import threading
+import time
 
 from unified_map.backends.base import Backend
 from unified_map.errors import WorkerLostError
@@ -36,6 +40,17 @@ def terminate_processes(processes, grace_seconds: float = 2.0) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def kill_process(process, wait_seconds: float = 5.0) -> None:
+    """SIGKILL one worker process (it may be stuck where SIGTERM is never handled) and wait
+    until it is gone, so that none outlives the item it was stopped for."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_seconds
+    while process.exitcode is None and time.monotonic() < deadline:
+        # the pool's own thread reaps it (join) and starts a replacement; do not race it
+        time.sleep(0.01)
 
 
 def stop_process_pool(pool, workers) -> None:
@@ -71,6 +86,7 @@ class PoolBackend(Backend):
     def __init__(self, n_workers: int | None = None):
         super().__init__(n_workers)
         self._waiting: collections.deque = collections.deque()
+        self._unfinished: dict = {}  # future handed to the pool -> what finishes it
         self._dispatched = 0
         self._gate = threading.Lock()
         self._pool = self._make_pool()
@@ -97,10 +113,14 @@ class PoolBackend(Backend):
             future, fn, args = task
 
         def done(value, setter):
+            if self._unfinished.pop(future, None) is None:
+                return  # finished already: its worker was stopped (stop_task)
             setter(value)
             task = self._next_waiting()
             if task is not None:
                 self._dispatch(*task)
+
+        self._unfinished[future] = lambda exc: done(exc, future.set_exception)
 
         try:
             self._pool.apply_async(
@@ -114,6 +134,13 @@ class PoolBackend(Backend):
             lost = WorkerLostError(f"backend {self.name!r} was stopped while this map was running")
             lost.__cause__ = exc
             done(lost, future.set_exception)
+
+    def _finish_abandoned(self, future, exc: BaseException) -> None:
+        """Finish a future whose pool task will never report (its worker was killed),
+        handing its slot to the next waiting task."""
+        finish = self._unfinished.get(future)
+        if finish is not None:
+            finish(exc)
 
     def _next_waiting(self):
         """The next waiting task, its slot taken over; or None, the slot given back."""
@@ -157,6 +184,7 @@ class MultiprocessingBackend(PoolBackend):
     def __init__(self, n_workers: int | None = None):
         self._outstanding = 0  # tasks submitted and not finished, waiting ones included
         self._count_lock = threading.Lock()
+        self._stopped: set = set()  # workers killed on purpose (stop_task): not a lost worker
         super().__init__(n_workers)
 
     def _make_pool(self):
@@ -168,7 +196,9 @@ class MultiprocessingBackend(PoolBackend):
 
     def submit(self, fn, /, *args, **kwargs):
         with self._count_lock:
-            if self._outstanding == 0 and any(w.exitcode is not None for w in self._watched):
+            if self._outstanding == 0 and any(
+                w.exitcode is not None and w not in self._stopped for w in self._watched
+            ):
                 # A worker died while idle (OOM killer, a stray kill). No task was lost, but an
                 # idle worker waits holding the pool's shared queue lock: if it died holding
                 # it, every other worker is stuck for good. Start a fresh pool before use.
@@ -186,10 +216,21 @@ class MultiprocessingBackend(PoolBackend):
     def check_health(self) -> None:
         """Raise :class:`WorkerLostError` if a worker process exited under a task."""
         self._watched.update(self._pool._pool)  # workers started since, replacements included
-        dead = [w for w in self._watched if w.exitcode is not None]
+        dead = [w for w in self._watched if w.exitcode is not None and w not in self._stopped]
         if dead:
             codes = ", ".join(f"pid {w.pid} exit code {w.exitcode}" for w in dead)
             raise WorkerLostError(f"a multiprocessing worker died ({codes})")
+
+    def stop_task(self, future, worker_pid) -> bool:
+        """Kill the worker process running the task (the pool starts a replacement); the
+        others go on undisturbed."""
+        worker = next((w for w in list(self._pool._pool) if w.pid == worker_pid), None)
+        if worker is None:  # not one of ours (any more): nothing to stop
+            return False
+        self._stopped.add(worker)
+        kill_process(worker)
+        self._finish_abandoned(future, TimeoutError("worker stopped at its timeout"))
+        return False
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         self._cancel_waiting()

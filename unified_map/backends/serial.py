@@ -17,6 +17,7 @@ class SerialBackend(Backend):
     name = "serial"
     in_process = True
     balances_load = False
+    runs_in_caller = True
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(1)

@@ -266,6 +266,17 @@ class SparkBackend(ClusterBackend):
     def _submit(self, connection, fn, *args):
         return _runner(self, connection).submit(fn, args)
 
+    def stop_task(self, future, worker_pid) -> bool:
+        """Cancel the Spark job running the chunk (Spark stops its Python worker). A job
+        reports only when all its tasks end, so the job's other chunks are cancelled with
+        it: the map sends them again."""
+        future.cancel()
+        runner, group = getattr(future, "runner", None), getattr(future, "group", None)
+        if runner is None or group is None:  # not running yet: cancelling it was enough
+            return False
+        runner._cancel_groups([group])
+        return True
+
     def _cancel(self, connection, futures) -> None:
         """Cancel the Spark job groups running only chunks in ``futures``."""
         with _runners_lock:
