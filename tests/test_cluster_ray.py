@@ -221,8 +221,41 @@ def test_chunks_are_tasks_not_one_task_per_item(monkeypatch):
     monkeypatch.setattr(ray_backend, "_task", spy)
     assert um.parallel(abs, range(-500, 500), backend="ray") == [abs(x) for x in range(-500, 500)]
     assert 1 <= len(submitted) <= 32
-    for fn, blob in submitted:
-        assert fn is um.backends.base.run_packed and isinstance(blob, bytes)
+    for func, header, *buffers in submitted:
+        assert isinstance(func, bytes) and isinstance(header, bytes) and buffers == []
+
+
+def test_a_big_func_goes_to_the_object_store_once_and_items_out_of_band(monkeypatch):
+    from unified_map.backends import ray as ray_backend
+
+    submitted = []
+    original = ray_backend._task
+
+    def spy():
+        task = original()
+
+        class Counting:
+            def remote(self, *args):
+                submitted.append(args)
+                return task.remote(*args)
+
+        return Counting()
+
+    monkeypatch.setattr(ray_backend, "_task", spy)
+    table = numpy.arange(1_000_000)  # 8 MB that func closes over
+
+    def lookup(array):
+        return table[array].sum()
+
+    arrays = [numpy.arange(i, i + 300_000) for i in range(12)]  # 2.4 MB each
+    expected = [table[a].sum() for a in arrays]
+    assert um.parallel(lookup, arrays, backend="ray", chunksize=2) == expected
+    funcs = {id(func) for func, *_ in submitted}
+    assert len(submitted) == 6 and len(funcs) == 1  # one shared func for the whole map
+    (func,) = {func for func, *_ in submitted}
+    assert isinstance(func, ray_backend.SharedFunc)
+    for _, header, *buffers in submitted:
+        assert len(header) < 10_000 and len(buffers) == 2  # the arrays travel out of band
 
 
 def test_a_script_using_the_ray_backend_is_quiet_and_leaves_nothing(tmp_path):

@@ -37,6 +37,8 @@ from unified_map.backends.base import (
     ItemPolicy,
     inside_worker,
     pack,
+    pack_func,
+    pack_items,
     run_chunk,
     run_packed,
     unpack_outcome,
@@ -496,6 +498,7 @@ class _Run:
     def _run(self, backend) -> Iterator[list]:
         options = self.options
         self.backend = backend
+        self.shared_func = None  # func as the backend keeps it for this map (splits_tasks)
         # Submitted chunks not yet yielded, in input order (a dict: removable from anywhere).
         self.pending: dict[_Task, None] = {}
         self.in_flight: dict[_Task, None] = {}  # running: submitted, outcome not known
@@ -647,6 +650,8 @@ class _Run:
             if self.backend.runs_in_caller:
                 return _thread_future(_run_started, task, self.func, items, policy), 0
             return self.backend.submit(_run_started, task, self.func, items, policy), 0
+        if self.backend.splits_tasks:
+            return self._submit_split(task, policy)
         try:
             blob = pack(self.func, items) if policy.plain else pack(self.func, items, policy)
         except Exception as exc:
@@ -659,6 +664,25 @@ class _Run:
             raise
         self.sizer.observe_bytes(len(items), len(blob))
         return self.backend.submit(run_packed, blob), len(blob)
+
+    def _submit_split(self, task: _Task, policy: ItemPolicy):
+        """Submit to a backend that keeps ``func`` on the cluster (sent once per map) and
+        takes the items' large buffers out of band."""
+        try:
+            if self.shared_func is None:
+                self.shared_func = self.backend.share_func(pack_func(self.func))
+            header, buffers = pack_items(task.items, None if policy.plain else policy)
+        except Exception as exc:
+            what = _unpicklable_part(self.func, task.items, task.start)
+            _add_note(
+                exc,
+                f"unified_map: could not pickle {what} to send it to backend "
+                f"{self.backend.name!r}; backend='threads' needs no pickling",
+            )
+            raise
+        n_bytes = len(header) + sum(buffer.raw().nbytes for buffer in buffers)
+        self.sizer.observe_bytes(len(task.items), n_bytes)
+        return self.backend.submit_split(self.shared_func, header, buffers), n_bytes
 
     def _collect(self) -> None:
         """Wait for at least one chunk to finish (watching the engine's health, and the

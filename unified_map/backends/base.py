@@ -323,10 +323,61 @@ def run_packed(blob: bytes) -> bytes:
     ['1', '2']
     """
     func, items, *policy = cloudpickle.loads(blob)
-    if policy:
+    return _run_and_dump(func, items, policy[0] if policy else None, None)
+
+
+def pack_func(func: Callable) -> bytes:
+    """``func`` alone, pickled as :func:`pack` does: sent once per map by backends that keep
+    it on the cluster (see :func:`pack_items`)."""
+    buffer = io.BytesIO()
+    _KeepFileNames(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
+    return buffer.getvalue()
+
+
+def pack_items(items: list, policy: ItemPolicy | None = None) -> tuple[bytes, list]:
+    """A chunk's items (and policy) pickled with their large binary data out of band: a
+    header, and the buffers of numpy arrays and the like as zero-copy views, which an engine
+    with shared memory (Ray's object store) moves without pickling them again.
+
+    Examples
+    --------
+    >>> import numpy
+    >>> header, buffers = pack_items([numpy.arange(3)])
+    >>> len(buffers), bytes(buffers[0].raw()) == numpy.arange(3).tobytes()
+    (1, True)
+    >>> outcome = unpack_outcome(run_split(pack_func(sum), header, buffers))
+    >>> outcome.results == [3]
+    True
+    """
+    buffers: list = []
+    buffer = io.BytesIO()
+    task = (items, None if policy is None or policy.plain else policy)
+    pickler = cloudpickle.Pickler(buffer, protocol=5, buffer_callback=buffers.append)
+    pickler.dump(task)
+    return buffer.getvalue(), buffers
+
+
+def run_split(func: bytes | Callable, header, buffers) -> tuple[bytes, list]:
+    """Worker side of a task packed by :func:`pack_func` and :func:`pack_items`: the outcome
+    comes back the same way, a header and out-of-band buffers (:func:`unpack_outcome`).
+
+    The items' arrays are read-only views of the engine's buffers where it hands out
+    read-only memory (Ray), as with the engine's own idioms."""
+    if not callable(func):
+        func = cloudpickle.loads(func)
+    items, policy = pickle.loads(header, buffers=buffers)
+    buffers_out: list = []
+    header_out = _run_and_dump(func, items, policy, buffers_out)
+    return header_out, buffers_out
+
+
+def _run_and_dump(func: Callable, items: list, policy: ItemPolicy | None, buffers: list | None):
+    """Run a chunk in a worker and pickle its outcome (into ``buffers`` out of band, when a
+    list is given)."""
+    if policy is not None:
         # Only here, in a worker process, may an item be interrupted at its time limit.
-        policy = [dataclasses.replace(policy[0], interrupt=True)]
-    outcome = run_chunk(func, items, *policy)
+        policy = dataclasses.replace(policy, interrupt=True)
+    outcome = run_chunk(func, items, policy) if policy is not None else run_chunk(func, items)
     for failure in outcome.failures:
         # The worker's traceback travels as text (traceback_text). Where tblib's pickling is
         # installed (distributed installs it at import) the exception would otherwise carry
@@ -338,12 +389,29 @@ def run_packed(blob: bytes) -> bytes:
             exc = failure.exception
             failure.exception = UnpicklableRemoteError(_qualname(type(exc)), str(exc))
     try:
-        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dump_outcome(outcome, buffers)
     except Exception as exc:  # noqa: BLE001 - a return value of func that cannot travel back
-        keep_going = bool(policy) and policy[0].keep_going
-        return cloudpickle.dumps(
-            _without_unpicklable(outcome, exc, keep_going), protocol=pickle.HIGHEST_PROTOCOL
-        )
+        keep_going = policy is not None and policy.keep_going
+        if buffers is not None:
+            buffers.clear()
+        return _dump_outcome(_without_unpicklable(outcome, exc, keep_going), buffers)
+
+
+def _writeable_copy(buffer) -> memoryview:
+    """A writeable copy of ``buffer`` (numpy, when there, copies fastest)."""
+    try:
+        import numpy
+    except ImportError:
+        return memoryview(bytearray(buffer))
+    return memoryview(numpy.frombuffer(buffer, dtype=numpy.uint8).copy())
+
+
+def _dump_outcome(outcome: ChunkOutcome, buffers: list | None) -> bytes:
+    if buffers is None:
+        return cloudpickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    cloudpickle.Pickler(buffer, protocol=5, buffer_callback=buffers.append).dump(outcome)
+    return buffer.getvalue()
 
 
 def _without_unpicklable(outcome: ChunkOutcome, exc: Exception, keep_going: bool) -> ChunkOutcome:
@@ -398,8 +466,14 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def unpack_outcome(blob: bytes) -> ChunkOutcome:
-    """Caller side of a packed task: the :class:`ChunkOutcome` a worker sent back."""
+def unpack_outcome(blob) -> ChunkOutcome:
+    """Caller side of a packed task: the :class:`ChunkOutcome` a worker sent back, as one
+    blob (:func:`run_packed`) or as a header and out-of-band buffers (:func:`run_split`),
+    which are copied: results are ordinary, writeable objects, as from the builtin ``map``.
+    """
+    if isinstance(blob, tuple):
+        header, buffers = blob
+        return pickle.loads(header, buffers=[_writeable_copy(b) for b in buffers])
     return pickle.loads(blob)
 
 
@@ -508,6 +582,10 @@ class Backend(concurrent.futures.Executor):
     #: (``serial``): a map with ``timeout=`` then runs each task on a thread of its own, so
     #: that it can give up on it on time.
     runs_in_caller: bool = False
+    #: True for backends that get ``func`` once per map (:meth:`share_func`) and each chunk's
+    #: items with their large buffers out of band (:meth:`submit_split`), instead of one
+    #: pickled blob per chunk holding both.
+    splits_tasks: bool = False
 
     def __init__(self, n_workers: int | None = None):
         self.n_workers = n_workers or default_worker_count()
@@ -557,6 +635,17 @@ class Backend(concurrent.futures.Executor):
         """Withdraw tasks that are no longer wanted (after an error or an early stop)."""
         for future in futures:
             future.cancel()
+
+    def share_func(self, blob: bytes) -> Any:
+        """What tasks of a backend with :attr:`splits_tasks` get for ``func`` (pickled by
+        :func:`pack_func`), once per map: by default the blob itself; an engine with an
+        object store puts it there once."""
+        return blob
+
+    def submit_split(self, func: Any, header: bytes, buffers: list) -> concurrent.futures.Future:
+        """Submit a chunk packed by :func:`pack_items` (backends with :attr:`splits_tasks`);
+        its future's value is the pair :func:`run_split` returns."""
+        return self.submit(run_split, func, header, buffers)
 
     def stop_task(self, future: concurrent.futures.Future, worker_pid: int | None) -> bool:
         """Stop the running task behind ``future``, whose item ran past its ``timeout=``.

@@ -3,16 +3,18 @@ local instance (:func:`ray.init`, every socket on 127.0.0.1) started on first us
 active (what every cluster backend shares is in :mod:`unified_map.backends.cluster`; this
 module is what is Ray's own).
 
-Each chunk is one Ray task on one pickled blob that holds ``func`` and the chunk's items: one
-Ray task per item costs about 0.6 ms, one per chunk microseconds per item. Blobs of 1 MiB or
-more travel as ``uint8`` arrays, which Ray moves through its shared-memory object store
-without copying them into a pickle (5x faster for 10 MB payloads than ``bytes``); the results
-are unpickled from there into ordinary objects (numpy arrays writeable), as the builtin ``map``
-returns them.
+Each chunk is one Ray task: one Ray task per item costs about 0.6 ms, one per chunk
+microseconds per item. ``func`` is pickled once per map, and a big one (a closure over a large
+table) is put in Ray's object store once and kept unpickled in each worker, not shipped with
+every chunk. Items go with their large buffers (numpy arrays and the like) out of band, which
+Ray moves through its shared-memory object store without pickling them again; results come
+back the same way and are unpickled from there into ordinary objects (numpy arrays
+writeable), as the builtin ``map`` returns them.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import queue
@@ -21,7 +23,10 @@ import threading
 import time
 from typing import Any
 
+import cloudpickle
+
 from unified_map._cluster import cluster_setup
+from unified_map.backends.base import run_split
 from unified_map.backends.cluster import ClusterBackend
 
 ray = cluster_setup._ray.import_ray()  # fail here, with the install hint, when it is missing
@@ -157,24 +162,73 @@ class _CancelWatch:
 _watch = _CancelWatch()
 
 
-def run_chunk_task(fn, blob):
-    """Worker side: ``fn(blob)`` (``run_packed``) on a blob that may arrive as an array;
+class SharedFunc:
+    """``func`` in the object store, for one map. Passed inside this holder, not as a task's
+    argument, so that Ray hands the task the reference rather than the blob: a worker
+    unpickles it once and keeps it (:func:`_resolve_func`)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+#: A ``func`` pickled to at least this many bytes is put in the object store once per map;
+#: a smaller one travels with each chunk (one fetch from the store costs more than that).
+SHARED_FUNC_BYTES = 64 * 2**10
+
+_funcs: collections.OrderedDict = collections.OrderedDict()  # a worker's recent SharedFuncs
+
+
+def _resolve_func(func):
+    """Worker side: the callable behind a pickled blob or a :class:`SharedFunc`."""
+    if not isinstance(func, SharedFunc):
+        return func if callable(func) else cloudpickle.loads(func)
+    key = func.ref.hex()
+    found = _funcs.get(key)
+    if found is None:
+        found = cloudpickle.loads(ray.get(func.ref))
+        _funcs[key] = found
+        while len(_funcs) > 8:  # only the last few maps' functions stay
+            _funcs.popitem(last=False)
+    return found
+
+
+def _as_arrays(buffers: list) -> list:
+    """Out-of-band buffers as ``uint8`` arrays, which Ray stores without copying them into a
+    pickle."""
+    import numpy
+
+    return [numpy.frombuffer(buffer.raw(), dtype=numpy.uint8) for buffer in buffers]
+
+
+def _writeable_copy(buffer):
+    import numpy
+
+    return numpy.frombuffer(buffer, dtype=numpy.uint8).copy()  # numpy copies fastest
+
+
+def run_chunk_task(func, header, *buffers):
+    """Worker side: run a chunk packed by :func:`~unified_map.backends.base.pack_items`;
     None for a chunk cancelled before or while it ran."""
     key = _cancel_key(ray.get_runtime_context().get_task_id())
     kv = _kv()
     if kv._internal_kv_exists(key, namespace=CANCEL_NAMESPACE):
         kv._internal_kv_del(key, namespace=CANCEL_NAMESPACE)
         return None
-    if not isinstance(blob, bytes):
-        blob = memoryview(blob)  # a read-only view of the object store: unpickled, not copied
+    if not isinstance(header, bytes):
+        header = memoryview(header)  # a read-only view of the object store: not copied
     try:
         with _watch.watching(key):
-            result = fn(blob)
+            # Copied out of the read-only store: func gets writeable arrays, as from a
+            # process pool, and so does the caller for the ones it returns as they came.
+            items = [_writeable_copy(buffer) for buffer in buffers]
+            header, buffers = run_split(_resolve_func(func), header, items)
     except KeyboardInterrupt:
         if _watch.fired(key):
             return None
         raise
-    return None if _watch.fired(key) else _as_array(result)
+    return None if _watch.fired(key) else (_as_array(header), _as_arrays(buffers))
 
 
 _remote_task = None
@@ -283,6 +337,7 @@ class RayBackend(ClusterBackend):
 
     name = "ray"
     engine = "ray"
+    splits_tasks = True
     #: Chunks of big items stay small, as on local pools: 20 items of 10 MB map 3x faster one
     #: per chunk (Ray overlaps their copies) than three per 32 MB chunk.
     max_chunk_bytes = 4 * 2**20
@@ -300,5 +355,20 @@ class RayBackend(ClusterBackend):
         return super().connection
 
     def _submit(self, connection, fn, *args):
-        (blob,) = args
-        return RayFuture(self, connection, _task().remote(fn, _as_array(blob)))
+        raise NotImplementedError("the ray backend takes chunks through submit_split")
+
+    def share_func(self, blob: bytes):
+        """``func`` once per map: a big one in the object store (:class:`SharedFunc`)."""
+        if len(blob) < SHARED_FUNC_BYTES:
+            return blob
+        connection = self.connection
+        if not connection.reachable:
+            raise connection.lost()
+        return SharedFunc(ray.put(_as_array(blob)))
+
+    def submit_split(self, func, header: bytes, buffers: list) -> concurrent.futures.Future:
+        connection = self.connection
+        if not connection.reachable:
+            raise connection.lost()
+        ref = _task().remote(func, _as_array(header), *_as_arrays(buffers))
+        return RayFuture(self, connection, ref)
