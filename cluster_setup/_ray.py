@@ -143,6 +143,9 @@ def _node_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.pop("RAY_ADDRESS", None)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A Ray Client driver gets a server process of its own on the head, which Ray gives up
+    # on after 30 s; on a busy node starting it (importing ray) took longer here.
+    env.setdefault("RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S", "120")
     if env.get(_SINGLE_NODE_SWITCH) == "0":
         env.pop(_SINGLE_NODE_SWITCH)
     return env
