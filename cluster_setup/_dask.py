@@ -32,6 +32,7 @@ from .addresses import (
 )
 from .base import ClusterSetup, check_positive_ints
 from .connection import ClusterConnection
+from .environment import environment_versions
 from .errors import EngineNotInstalledError, InvalidAddressError, SchedulerUnreachableError
 from .status import WorkerInfo
 
@@ -175,6 +176,7 @@ class DaskSetup(ClusterSetup):
 
     engine = "dask"
     extra = "dask"
+    engine_package = "distributed"
     local_scheduler_options = {"dashboard_port": None}
     local_worker_options = {"threads": 1}
 
@@ -206,6 +208,9 @@ class DaskSetup(ClusterSetup):
             dashboard off. :meth:`report_status` shows its link.
         timeout : float, default 60
             Seconds to wait for the scheduler to start.
+        scheduler_file : str, optional
+            Write the engine and address to this JSON file once ready (removed when the
+            scheduler stops); with no ``address``, listen on this node's host name then.
 
         Returns
         -------
@@ -319,6 +324,9 @@ class DaskSetup(ClusterSetup):
             Worker name (``name-0``, ``name-1``... for several); default: a unique one.
         timeout : float, default 60
             Seconds to wait for the scheduler to answer and the workers to register.
+        scheduler_file : str, optional
+            Instead of ``address``: the scheduler file to read it from, waited for up to
+            ``timeout`` seconds.
 
         Returns
         -------
@@ -418,6 +426,12 @@ class DaskSetup(ClusterSetup):
             ``"host:port"`` or ``"tcp://host:port"``.
         timeout : float, default 10
             Seconds to keep trying before giving up.
+        scheduler_file : str, optional
+            Instead of ``address``: a scheduler file (see :doc:`hpc`), waited for up to
+            ``timeout`` seconds.
+        py_files : list of str, optional
+            Local ``.py``, ``.zip`` or ``.egg`` files and package folders to make importable
+            on every worker (code the workers cannot see otherwise).
 
         Returns
         -------
@@ -465,6 +479,35 @@ class DaskSetup(ClusterSetup):
         if any(same_endpoint(connection.address, a) for a in self._without_dashboard):
             return workers, None
         return workers, _dashboard_link(identity)
+
+    # -- hooks of the shared verbs (see ClusterSetup) ----------------------------------------
+
+    def _ship_py_files(self, connection: DaskConnection, files: list[str]) -> None:
+        """``Client.upload_file``: to the workers there are and those that join later."""
+        for path in files:
+            connection.call(connection.client.upload_file, path)
+
+    def _worker_versions(self, connection: DaskConnection) -> dict[str, dict[str, str]]:
+        """``Client.run`` of :func:`.environment.environment_versions` on every worker."""
+        found = connection.call(
+            connection.client.run, environment_versions, self.engine_package, on_error="return"
+        )
+        return {
+            address: versions
+            if isinstance(versions, dict)
+            else {"error": f"{type(versions).__name__}: {versions}"}
+            for address, versions in found.items()
+        }
+
+    def _worker_options(self, cores: int | None, memory: int | None) -> dict[str, Any]:
+        """One single-threaded worker process per core (Python code holds the GIL), sharing
+        ``memory`` (default: the machine's, shared by dask)."""
+        n_workers = cores or 1
+        return {
+            "n_workers": n_workers,
+            "threads": 1,
+            "memory": memory // n_workers if memory else "auto",
+        }
 
     def _client(self, url: str, timeout: float):
         """A :class:`distributed.Client` for ``url``, or a ConnectionError naming it.

@@ -26,11 +26,14 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
+from functools import partial
 from typing import Any
 
 from .addresses import Address, check_port_free, local_address_towards, parse_address
 from .base import ClusterSetup, check_positive_ints
 from .connection import ClusterConnection
+from .environment import environment_versions
 from .errors import (
     ClusterStartError,
     EngineNotInstalledError,
@@ -573,6 +576,7 @@ class SparkSetup(ClusterSetup):
 
     engine = "spark"
     extra = "spark"
+    engine_package = "pyspark"
 
     def start_scheduler(
         self,
@@ -598,6 +602,9 @@ class SparkSetup(ClusterSetup):
             Its REST submission server (a fixed port, 6066) is turned off.
         timeout : float, default 60
             Seconds to wait for the master to start.
+        scheduler_file : str, optional
+            Write the engine and address to this JSON file once ready (removed when the
+            scheduler stops); with no ``address``, listen on this node's host name then.
 
         Returns
         -------
@@ -701,6 +708,9 @@ class SparkSetup(ClusterSetup):
         timeout : float, default 60
             Seconds to wait for the master to answer; the workers then get at least 60 s to
             register (a JVM takes seconds to start).
+        scheduler_file : str, optional
+            Instead of ``address``: the scheduler file to read it from, waited for up to
+            ``timeout`` seconds.
 
         Returns
         -------
@@ -810,6 +820,12 @@ class SparkSetup(ClusterSetup):
             ``"host:port"`` or ``"spark://host:port"``.
         timeout : float, default 10
             Seconds to wait for the master to answer before giving up.
+        scheduler_file : str, optional
+            Instead of ``address``: a scheduler file (see :doc:`hpc`), waited for up to
+            ``timeout`` seconds.
+        py_files : list of str, optional
+            Local ``.py``, ``.zip`` or ``.egg`` files and package folders to make importable
+            on every worker (code the workers cannot see otherwise).
         show_logs : bool, default False
             Show Spark's own INFO logs on stderr.
 
@@ -901,12 +917,107 @@ class SparkSetup(ClusterSetup):
     def _schemes(self) -> tuple[str, ...]:
         return ("spark",)
 
+    # -- hooks of the shared verbs (see ClusterSetup) ----------------------------------------
+
+    def _ship_py_files(self, connection: SparkConnection, files: list[str]) -> None:
+        """``SparkContext.addPyFile``: every task of this application can import them."""
+        for path in files:
+            connection.context.addPyFile(path)
+
+    def _worker_versions(self, connection: SparkConnection) -> dict[str, dict[str, str]]:
+        """One small Spark job of one task per core running
+        :func:`.environment.environment_versions`, keyed by each worker's host; given up
+        (cancelled) after 30 s, and not run at all while no worker is alive."""
+        hosts = set()
+        if not connection.local:
+            alive = [w for w in connection.status()["workers"] if w.get("state") == "ALIVE"]
+            if not alive:
+                return {}
+            hosts = {w["host"] for w in alive}
+        context = connection.context
+        n = max(1, connection.slots())
+        group = f"cluster_setup-versions-{uuid.uuid4().hex[:8]}"
+        package = self.engine_package
+
+        def run():
+            context.setJobGroup(group, "cluster_setup: worker versions", interruptOnCancel=True)
+            rdd = context.parallelize(range(n), n)
+            return rdd.mapPartitions(partial(_versions_here, package)).collect()
+
+        outcome: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: outcome.update(found=run()), daemon=True, name=group
+        )
+        thread.start()
+        thread.join(30)
+        if "found" not in outcome:
+            with contextlib.suppress(Exception):
+                context.cancelJobGroup(group)
+            raise TimeoutError("the Spark job asking the workers' versions did not finish")
+        found = {}
+        for names, versions in outcome["found"]:  # the worker's host as the master lists it
+            found[next((n for n in names if n in hosts), names[0])] = versions
+        return found
+
+    def _observe(self, address: str, timeout: float) -> ClusterConnection:
+        """The master's status page only: no SparkContext (an application would take the
+        workers' cores)."""
+        where = parse_address(address, schemes=self._schemes())
+        ui_url = _probe_master(where, timeout)
+        return _MasterView(self, self._master_url(where), ui_url)
+
+    def _worker_options(self, cores: int | None, memory: int | None) -> dict[str, Any]:
+        """One worker offering the node's ``cores`` and ``memory`` (default: the machine's
+        memory less 1 GiB, as Spark's own scripts do)."""
+        if memory is None:
+            import psutil
+
+            memory = max(psutil.virtual_memory().total - 2**30, 2**29)
+        return {"n_workers": 1, "cores": cores or 1, "memory": memory}
+
     def _daemon_env(self, home: str, host: str, options: dict[str, str]) -> dict[str, str]:
         env = {"SPARK_HOME": home, "SPARK_DAEMON_MEMORY": DAEMON_MEMORY, **options}
         if host not in ("0.0.0.0", "::", ""):
             env["SPARK_LOCAL_IP"] = host
         env["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
         return process_environment(env)
+
+
+class _MasterView(ClusterConnection):
+    """A Spark master seen through its status page: what the command line and the launcher
+    watch for workers joining and leaving (see ``SparkSetup._observe``)."""
+
+    backend_name = "spark"
+    local = False
+    status = SparkConnection.status
+
+    def __init__(self, setup: ClusterSetup, address: str, webui_url: str | None):
+        super().__init__(setup, address)
+        self.webui_url = webui_url
+
+    @property
+    def reachable(self) -> bool:
+        try:
+            self.status()
+        except SchedulerUnreachableError:
+            return False
+        return True
+
+    def _count_slots(self) -> int:
+        return sum(w.get("cores", 0) for w in self.status()["workers"] if w["state"] == "ALIVE")
+
+    def _close(self) -> None:
+        pass
+
+
+def _versions_here(package: str, partition) -> list[tuple[list[str], dict[str, str]]]:
+    """A Spark task's partition function: the names this worker's host may have in its
+    master's list, and this worker's versions."""
+    names = [os.environ.get(v, "") for v in ("SPARK_LOCAL_IP", "SPARK_LOCAL_HOSTNAME")]
+    names.append(socket.gethostname())
+    with contextlib.suppress(OSError):
+        names.append(socket.gethostbyname(socket.gethostname()))
+    return [([n for n in names if n], environment_versions(package))]
 
 
 def _registered_worker(host: str, ui_port: int) -> dict | None:

@@ -28,6 +28,7 @@ __all__ = [
     "check_port_free",
     "local_address_towards",
     "same_endpoint",
+    "refusal",
 ]
 
 _ADDRESS_RE = re.compile(
@@ -240,3 +241,31 @@ def _resolve(host: str) -> frozenset[str]:
     except (OSError, UnicodeError):
         return frozenset({host})
     return frozenset(str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos)
+
+
+def refusal(host: str, port: int, timeout: float = 2.0) -> str | None:
+    """Why nothing accepts TCP connections at ``host:port`` right now (``"connection
+    refused"``, ``"timed out"``, ``"host not found"``...), or ``None`` when something does.
+
+    A refused connection is known at once, where a client would keep retrying until its
+    timeout: the command line says so immediately.
+
+    Examples
+    --------
+    >>> with socket.socket() as listener:
+    ...     listener.bind(("127.0.0.1", 0))
+    ...     port = listener.getsockname()[1]
+    ...     refusal("127.0.0.1", port)
+    'connection refused'
+    """
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.gaierror as exc:
+        return f"host not found ({exc.strerror or exc})"
+    except TimeoutError:
+        return "timed out"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import signal
+import socket
 import tempfile
 import threading
+import warnings
 import weakref
+import zipfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import connection as _connection
 from .addresses import parse_address, same_endpoint
 from .connection import ClusterConnection
-from .errors import SchedulerUnreachableError
+from .environment import environment_versions
+from .errors import (
+    ClusterSetupError,
+    EnvironmentMismatchWarning,
+    SchedulerFileError,
+    SchedulerUnreachableError,
+)
 from .processes import (
     StartedProcess,
     exit_on_sigterm,
@@ -40,11 +50,15 @@ from .processes import (
     stop_processes,
     wait_until_ready,
 )
+from .scheduler_file import remove_scheduler_file, wait_for_scheduler_file, write_scheduler_file
 from .status import ClusterStatus, WorkerInfo
 
-__all__ = ["ClusterSetup", "check_positive_ints"]
+__all__ = ["ClusterSetup", "check_positive_ints", "default_listen_host"]
 
 T = TypeVar("T")
+
+#: Seconds ``start_worker`` waits for a scheduler file when it is given no ``timeout``.
+DEFAULT_FILE_TIMEOUT = 60.0
 
 # Every setup, so that background processes are stopped when the interpreter exits.
 _setups: weakref.WeakSet[ClusterSetup] = weakref.WeakSet()
@@ -67,6 +81,55 @@ def check_positive_ints(**values: Any) -> None:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
 
 
+def default_listen_host(scheduler_file: str | None) -> str:
+    """The interface a scheduler listens on when its address is not given: the node's own
+    host name when it writes a scheduler file (its workers run on other nodes; the environment
+    variable ``UNIFIED_MAP_HOST`` picks another interface), else 127.0.0.1 (this machine only).
+
+    Examples
+    --------
+    >>> default_listen_host(None)
+    '127.0.0.1'
+    >>> import socket
+    >>> default_listen_host("scheduler.json") == (
+    ...     os.environ.get("UNIFIED_MAP_HOST") or socket.gethostname())
+    True
+    """
+    if scheduler_file is None:
+        return "127.0.0.1"
+    return os.environ.get("UNIFIED_MAP_HOST", "").strip() or socket.gethostname()
+
+
+# Which shared verbs this thread is inside of: an engine's override that calls the base
+# class's verb (super()) must not run the shared part twice.
+_inside = threading.local()
+
+
+def _shared(verb: str):
+    """Wrap an engine's verb in the shared part written once in :class:`ClusterSetup`
+    (``_shared_<verb>``): scheduler files, ``py_files``, the environment check. Applied to
+    the base class's verbs here and to every override by ``__init_subclass__``."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def verb_with_shared_part(self, *args, **kwargs):
+            if getattr(_inside, verb, False):
+                return method(self, *args, **kwargs)
+            setattr(_inside, verb, True)
+            try:
+                return getattr(self, f"_shared_{verb}")(method, *args, **kwargs)
+            finally:
+                setattr(_inside, verb, False)
+
+        verb_with_shared_part._shared_part = True
+        return verb_with_shared_part
+
+    return decorate
+
+
+_SHARED_VERBS = ("start_scheduler", "start_worker", "connect_to_scheduler")
+
+
 class ClusterSetup:
     """The four verbs, the same on every engine, and the bookkeeping they share.
 
@@ -84,6 +147,16 @@ class ClusterSetup:
     ``SystemExit(128 + SIGTERM)``: the interpreter exits as it would have, with code 143,
     but its exit handlers run first and stop what was started. A SIGTERM handler of your
     own is left alone (call :meth:`stop` from it).
+
+    What every engine's verbs share is written once here, around the engine's own code:
+    ``start_scheduler(..., scheduler_file=PATH)`` writes a scheduler file once the scheduler
+    is ready (and listens on the node's host name by default), ``start_worker`` and
+    ``connect_to_scheduler`` accept ``scheduler_file=PATH`` instead of an address (and wait
+    for it), ``connect_to_scheduler(..., py_files=[...])`` ships local code to the workers,
+    and connecting warns once when a worker's Python, cloudpickle or engine version differs
+    from this process's. Engines supply small hooks (``_scheduler_file_payload``,
+    ``_use_scheduler_file``, ``_ship_py_files``, ``_worker_versions``, ``_observe``,
+    ``_worker_options``).
 
     Attributes
     ----------
@@ -106,22 +179,38 @@ class ClusterSetup:
     local_scheduler_options: dict[str, Any] = {}
     local_worker_options: dict[str, Any] = {}
 
+    #: The package whose version workers must share with the driver.
+    engine_package: str = ""
+
     def __init__(self) -> None:
         self._started: list[StartedProcess] = []
         self._lock = threading.RLock()
         self._log_dir: str | None = None
+        # scheduler address -> the scheduler file written for it (removed when it stops)
+        self._scheduler_files: dict[str, str] = {}
+        self._pending_file = threading.local()
         _setups.add(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for verb in _SHARED_VERBS:
+            method = cls.__dict__.get(verb)
+            if method is not None and not getattr(method, "_shared_part", False):
+                setattr(cls, verb, _shared(verb)(method))
 
     # -- the four verbs, per engine ---------------------------------------------------------
 
+    @_shared("start_scheduler")
     def start_scheduler(self, address: str, block: bool = False, **options: Any) -> str:
         """Start a scheduler listening on ``address``; see the engine's documentation."""
         raise NotImplementedError
 
+    @_shared("start_worker")
     def start_worker(self, address: str, block: bool = False, **options: Any) -> list[str]:
         """Start workers that join the scheduler at ``address``."""
         raise NotImplementedError
 
+    @_shared("connect_to_scheduler")
     def connect_to_scheduler(self, address: str, timeout: float = 10) -> ClusterConnection:
         """Connect to the scheduler at ``address`` and make it the active connection.
 
@@ -176,9 +265,10 @@ class ClusterSetup:
                     self.engine, connection.address, False, started=started, problem=str(exc)
                 )
             else:
-                status = ClusterStatus(
-                    self.engine, connection.address, True, workers, dashboard, started
+                status = self._versions_status(connection, workers) or ClusterStatus(
+                    self.engine, connection.address, True, workers
                 )
+                status.dashboard_link, status.started = dashboard, started
         print(status)
         return status
 
@@ -190,6 +280,231 @@ class ClusterSetup:
         """The connected cluster's workers and its dashboard link, if any (per engine); raises
         :class:`~cluster_setup.errors.SchedulerUnreachableError` when it does not answer."""
         raise NotImplementedError
+
+    # -- the shared part of the verbs (see _shared) ---------------------------------------
+
+    def _shared_start_scheduler(
+        self,
+        method: Callable[..., str],
+        address: str | None = None,
+        block: bool = False,
+        *,
+        scheduler_file: str | os.PathLike | None = None,
+        **options: Any,
+    ) -> str:
+        """``start_scheduler(..., scheduler_file=PATH)``: listen on the node's host name by
+        default, and write PATH once the scheduler is ready (before serving, with
+        ``block=True``); the file is removed when the scheduler stops."""
+        if scheduler_file is None:
+            if address is None:
+                return method(self, block=block, **options)  # the engine's default address
+            return method(self, address, block, **options)
+        path = _checked_file_path(scheduler_file)
+        if address is None:
+            address = f"{default_listen_host(path)}:0"
+        self._pending_file.path = path
+        try:
+            returned = method(self, address, block, **options)
+        finally:
+            pending = self._pending_file.__dict__.pop("path", None)
+        if not block and pending is not None:
+            try:
+                self._write_scheduler_file(pending, returned)
+            except BaseException:
+                self.stop(returned)
+                raise
+        return returned
+
+    def _shared_start_worker(
+        self,
+        method: Callable[..., list[str]],
+        address: str | None = None,
+        block: bool = False,
+        *,
+        scheduler_file: str | os.PathLike | None = None,
+        **options: Any,
+    ) -> list[str]:
+        """``start_worker(scheduler_file=PATH)``: wait for PATH (up to ``timeout``), join the
+        scheduler it names."""
+        address = self._scheduler_address(
+            "start_worker", address, scheduler_file, options.get("timeout", DEFAULT_FILE_TIMEOUT)
+        )
+        return method(self, address, block, **options)
+
+    def _shared_connect_to_scheduler(
+        self,
+        method: Callable[..., ClusterConnection],
+        address: str | None = None,
+        timeout: float = 10,
+        *,
+        scheduler_file: str | os.PathLike | None = None,
+        py_files: list[str | os.PathLike] | None = None,
+        **options: Any,
+    ) -> ClusterConnection:
+        """``connect_to_scheduler(scheduler_file=PATH, py_files=[...])``: wait for PATH,
+        connect, ship ``py_files`` to the workers, warn once about mismatched versions."""
+        files = self._prepare_py_files(py_files) if py_files else []
+        address = self._scheduler_address("connect_to_scheduler", address, scheduler_file, timeout)
+        connection = method(self, address, timeout, **options)
+        try:
+            if files:
+                self._ship_py_files(connection, files)
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._warn_about_mismatches(connection)
+        return connection
+
+    def _scheduler_address(
+        self, verb: str, address: str | None, scheduler_file: Any, timeout: float
+    ) -> str:
+        if address is not None and scheduler_file is not None:
+            raise TypeError(f"{verb}() takes an address or a scheduler_file, not both")
+        if address is not None:
+            return address
+        if scheduler_file is None:
+            raise TypeError(f"{verb}() needs the scheduler's address or scheduler_file=PATH")
+        contents = wait_for_scheduler_file(
+            os.path.abspath(os.fspath(scheduler_file)), timeout, engine=self.engine
+        )
+        self._use_scheduler_file(contents)
+        return contents["address"]
+
+    def _write_scheduler_file(self, path: str, address: str) -> None:
+        """Write the scheduler file for the scheduler at ``address`` (a wildcard host becomes
+        this node's name: workers cannot join 0.0.0.0)."""
+        where = parse_address(address, schemes=self._schemes())
+        if where.host.strip("[]") in ("0.0.0.0", "::", ""):
+            prefix = f"{where.scheme}://" if "://" in address else ""
+            address = f"{prefix}{socket.gethostname()}:{where.port}"
+        extra, secret = self._scheduler_file_payload(address)
+        write_scheduler_file(path, self.engine, address, extra, secret)
+        with self._lock:
+            self._scheduler_files[address] = path
+
+    def _remove_scheduler_files(self, addresses: list[str]) -> None:
+        with self._lock:
+            found = [
+                (address, path)
+                for address, path in self._scheduler_files.items()
+                if any(same_endpoint(address, a) for a in addresses)
+            ]
+            for address, _ in found:
+                del self._scheduler_files[address]
+        for address, path in found:
+            remove_scheduler_file(path, address)
+
+    def _prepare_py_files(self, paths: list[str | os.PathLike]) -> list[str]:
+        """``py_files`` as files every engine can ship: ``.py``, ``.zip`` and ``.egg`` files
+        as they are, a package folder zipped (the folder at the archive's
+        root, so ``import <folder>`` works from it)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        files = []
+        for given in paths:
+            path = os.path.abspath(os.fspath(given))
+            if os.path.isdir(path):
+                name = os.path.basename(path.rstrip(os.sep))
+                archive = self._new_file(f"{name}-", ".zip")
+                with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+                    for root, dirs, names in os.walk(path):
+                        dirs[:] = [d for d in dirs if d != "__pycache__"]
+                        for file in names:
+                            full = os.path.join(root, file)
+                            zipped.write(full, os.path.join(name, os.path.relpath(full, path)))
+                # the archive's name is what the workers see: keep the package's own
+                final = os.path.join(os.path.dirname(archive), f"{name}.zip")
+                if not os.path.exists(final):
+                    os.replace(archive, final)
+                    archive = final
+                files.append(archive)
+            elif os.path.isfile(path):
+                if not path.endswith((".py", ".zip", ".egg")):
+                    raise ValueError(
+                        f"py_files takes .py, .zip or .egg files and package folders, "
+                        f"got {given!r}"
+                    )
+                files.append(path)
+            else:
+                raise FileNotFoundError(f"py_files: no such file or folder: {given!r}")
+        return files
+
+    def _warn_about_mismatches(self, connection: ClusterConnection) -> None:
+        """Warn once, naming the workers, when any runs other versions than this process."""
+        status = self._versions_status(connection, [])
+        if status is not None and status.mismatched:
+            lines = [f"{address}: {'; '.join(d)}" for address, d in status.mismatched.items()]
+            warnings.warn(
+                EnvironmentMismatchWarning(
+                    f"{len(lines)} {self.engine} worker(s) run other versions than this "
+                    f"process, which makes tasks fail with unpickling errors; install the "
+                    f"same versions there:\n  " + "\n  ".join(lines)
+                ),
+                stacklevel=4,
+            )
+
+    def _versions_status(
+        self, connection: ClusterConnection, workers: list[WorkerInfo]
+    ) -> ClusterStatus | None:
+        """Fill in ``workers``' versions (adding the workers found only this way) and return a
+        status holding them and the driver's; ``None`` when the engine cannot tell."""
+        try:
+            found = self._worker_versions(connection)
+        except NotImplementedError:
+            return None
+        except Exception:  # noqa: BLE001 - a diagnosis must never break connecting
+            return None
+        for worker in workers:  # keyed by the worker's address, or by its host
+            for key in (worker.address, _host_of(worker.address)):
+                if key in found:
+                    worker.versions = found[key]
+                    break
+        if not workers:  # connecting: every worker that answered counts
+            workers += [WorkerInfo(key, 0, versions=v) for key, v in found.items()]
+        driver = environment_versions(self.engine_package or self.engine)
+        return ClusterStatus(
+            self.engine, connection.address, True, workers, driver_versions=_ordered(driver)
+        )
+
+    # -- hooks an engine may supply ----------------------------------------------------------
+
+    def _scheduler_file_payload(self, address: str) -> tuple[dict[str, Any], bool]:
+        """Fields the scheduler file carries besides engine and address, and whether they are
+        secret (the file is then readable by its owner only). Ray: its token."""
+        return {}, False
+
+    def _use_scheduler_file(self, contents: dict[str, Any]) -> None:
+        """Apply what a scheduler file carries besides the address (Ray: its token), before
+        joining or connecting."""
+
+    def _ship_py_files(self, connection: ClusterConnection, files: list[str]) -> None:
+        """Make ``files`` (``.py``, ``.zip``, ``.egg``) importable on every worker
+        of ``connection``, present and future, with the engine's own mechanism."""
+        raise NotImplementedError(f"py_files is not supported by cluster_setup.{self.engine}")
+
+    def _worker_versions(self, connection: ClusterConnection) -> dict[str, dict[str, str]]:
+        """Each worker's :func:`.environment.environment_versions` (of
+        :attr:`engine_package`), keyed by its address as ``_describe`` gives it, or by its
+        host. Quick and bounded in time; NotImplementedError: the engine cannot tell."""
+        raise NotImplementedError
+
+    def _observe(self, address: str, timeout: float) -> ClusterConnection:
+        """A connection that only watches the scheduler's workers (``_describe`` works on
+        it), not made active and not a driver: what the command line and the launcher poll.
+        The default is a full connection; engines where that is dear (Spark's application
+        would take the workers' cores) override it."""
+        return self._connect(address, timeout)
+
+    def _worker_options(self, cores: int | None, memory: int | None) -> dict[str, Any]:
+        """``start_worker`` options giving one node's ``cores`` and ``memory`` (bytes; None:
+        the engine's default) to this engine's workers: the command line's ``--cores`` and
+        ``--memory``. The default passes them on as ``cores`` and ``memory``."""
+        options: dict[str, Any] = {}
+        if cores is not None:
+            options["cores"] = cores
+        if memory is not None:
+            options["memory"] = memory
+        return options
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -253,6 +568,7 @@ class ClusterSetup:
             connection.disconnect()
         stop_processes([r for r in records if r.role != "scheduler"])
         stop_processes([r for r in records if r.role == "scheduler"])
+        self._remove_scheduler_files([r.address for r in records if r.role == "scheduler"])
         if address is None:
             with self._lock:
                 log_dir, self._log_dir = self._log_dir, None
@@ -385,11 +701,24 @@ class ClusterSetup:
     def _serve(self, records: list[StartedProcess], banner: str) -> None:
         """Serve ``records`` in the foreground (``block=True``), then stop and forget them."""
 
+        path = self._pending_file.__dict__.pop("path", None)
+        schedulers = [r.address for r in records if r.role == "scheduler"]
+        if path is not None and schedulers:
+            try:
+                self._write_scheduler_file(path, schedulers[0])
+            except BaseException:
+                self.stop(schedulers[0])
+                raise
+            banner += f"; scheduler file {path}"
+
         def forget():
             with self._lock:
                 self._started = [r for r in self._started if r not in records]
 
-        serve(records, banner, before_stop=forget)
+        try:
+            serve(records, banner, before_stop=forget)
+        finally:
+            self._remove_scheduler_files(schedulers)
 
 
 @atexit.register
@@ -419,3 +748,29 @@ def _forget_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _checked_file_path(scheduler_file: str | os.PathLike) -> str:
+    """The absolute path of a scheduler file to write; its folder must exist."""
+    path = os.path.abspath(os.fspath(scheduler_file))
+    if not os.path.isdir(os.path.dirname(path)):
+        raise SchedulerFileError(
+            f"cannot write scheduler file {path}: its folder does not exist (it must be on a "
+            f"filesystem the workers' nodes share)"
+        )
+    if os.path.isdir(path):
+        raise SchedulerFileError(f"cannot write scheduler file {path}: it is a folder")
+    return path
+
+
+def _host_of(address: str) -> str:
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    with contextlib.suppress(ClusterSetupError):
+        return parse_address(address, schemes=(scheme,)).host
+    return address
+
+
+def _ordered(versions: dict[str, str]) -> dict[str, str]:
+    """Python first, then the engine, then cloudpickle: the order of the status columns."""
+    keys = ["python"] + [k for k in versions if k not in ("python", "cloudpickle")]
+    return {k: versions[k] for k in [*keys, "cloudpickle"] if k in versions}

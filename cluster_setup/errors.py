@@ -21,6 +21,9 @@ __all__ = [
     "ClusterStartError",
     "ClusterStartTimeoutError",
     "EngineNotInstalledError",
+    "SchedulerFileError",
+    "SchedulerFileTimeoutError",
+    "EnvironmentMismatchWarning",
 ]
 
 
@@ -50,3 +53,16 @@ class ClusterStartTimeoutError(ClusterSetupError, TimeoutError):
 
 class EngineNotInstalledError(ClusterSetupError, ImportError):
     """The engine's package is missing; the message names ``pip install unified_map[extra]``."""
+
+
+class SchedulerFileError(ClusterSetupError, ValueError):
+    """A scheduler file that cannot be used: not JSON, no engine or address, another engine's."""
+
+
+class SchedulerFileTimeoutError(ClusterSetupError, TimeoutError):
+    """No usable scheduler file appeared at the path within the timeout; the message names it."""
+
+
+class EnvironmentMismatchWarning(UserWarning):
+    """A worker runs another Python, cloudpickle or engine version than this process (the
+    classic cause of cryptic unpickling errors on a cluster); the message names the worker."""

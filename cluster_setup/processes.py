@@ -151,7 +151,7 @@ def user_import_folders() -> list[str]:
 
 def process_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a started process: this one's, with ``PYTHONPATH`` set to the
-    user's own import folders only, plus ``extra``.
+    user's own import folders only and without ``UNIFIED_MAP_SCHEDULER``, plus ``extra``.
 
     Started processes run this interpreter (``sys.executable``), which finds its own
     standard library and site-packages by itself; putting those on ``PYTHONPATH`` as well
@@ -165,6 +165,9 @@ def process_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     ('1', False)
     """
     env = dict(os.environ)
+    # A task that maps on a worker must not connect to the cluster from there (see
+    # cluster_setup.hpc.connect_from_environment): the variable is the driver's alone.
+    env.pop("UNIFIED_MAP_SCHEDULER", None)
     folders = user_import_folders()
     if folders:
         env["PYTHONPATH"] = os.pathsep.join(folders)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from .environment import differences
+
 __all__ = ["WorkerInfo", "ClusterStatus", "format_table", "format_bytes"]
 
 
@@ -87,6 +89,8 @@ class WorkerInfo:
     cores: int
     memory: int | None = None
     name: str = ""
+    #: Its Python, engine and cloudpickle versions (:mod:`.environment`), when known.
+    versions: dict[str, str] | None = None
 
 
 @dataclass
@@ -115,6 +119,41 @@ class ClusterStatus:
     started: list[tuple[str, int, str]] = field(default_factory=list)
     #: Why a connection exists but is not connected (the scheduler does not answer), if so.
     problem: str | None = None
+    #: This process's Python, engine and cloudpickle versions, when the workers' are known.
+    driver_versions: dict[str, str] | None = None
+
+    @property
+    def mismatched(self) -> dict[str, list[str]]:
+        """Worker address -> what differs from the driver (``"python 3.10.12 (driver
+        3.11.7)"``...), for each worker whose versions differ.
+
+        Examples
+        --------
+        >>> driver = {"python": "3.11.7", "distributed": "2026.8.0"}
+        >>> status = ClusterStatus("dask", "tcp://127.0.0.1:8786", True, [
+        ...     WorkerInfo("tcp://127.0.0.1:1", 1, versions=driver),
+        ...     WorkerInfo("tcp://127.0.0.1:2", 1, versions={**driver, "python": "3.10.12"}),
+        ... ], driver_versions=driver)
+        >>> status.mismatched
+        {'tcp://127.0.0.1:2': ['python 3.10.12 (driver 3.11.7)']}
+        >>> print(status)  # doctest: +NORMALIZE_WHITESPACE
+        dask cluster at tcp://127.0.0.1:8786: connected
+        worker             name  cores  memory  python     distributed
+        tcp://127.0.0.1:1           1  -       3.11.7     2026.8.0
+        tcp://127.0.0.1:2           1  -       3.10.12 !  2026.8.0
+        total: 2 workers            2  -
+        driver: python 3.11.7, distributed 2026.8.0
+        MISMATCH tcp://127.0.0.1:2: python 3.10.12 (driver 3.11.7)
+        """
+        if not self.driver_versions:
+            return {}
+        found = {}
+        for worker in self.workers:
+            if worker.versions is not None:
+                different = differences(self.driver_versions, worker.versions)
+                if different:
+                    found[worker.address] = different
+        return found
 
     @property
     def total_cores(self) -> int:
@@ -141,10 +180,18 @@ class ClusterStatus:
         if self.dashboard_link:
             lines.append(f"dashboard: {self.dashboard_link}")
         if self.connected:
-            rows = [("worker", "name", "cores", "memory")]
-            rows += [
-                (w.address, w.name, str(w.cores), format_bytes(w.memory)) for w in self.workers
-            ]
+            # version columns only when the workers' versions are known
+            shown = list(self.driver_versions or ())
+            if not any(w.versions is not None for w in self.workers):
+                shown = []
+            rows = [("worker", "name", "cores", "memory", *shown)]
+            for w in self.workers:
+                cells = []
+                for key in shown:
+                    value = (w.versions or {}).get(key)
+                    flag = " !" if value not in (None, self.driver_versions[key]) else ""
+                    cells.append((value or "?") + flag)
+                rows.append((w.address, w.name, str(w.cores), format_bytes(w.memory), *cells))
             plural = "" if len(self.workers) == 1 else "s"
             rows.append(
                 (
@@ -152,9 +199,16 @@ class ClusterStatus:
                     "",
                     str(self.total_cores),
                     format_bytes(self.total_memory),
+                    *[""] * len(shown),
                 )
             )
             lines += format_table(rows, right_aligned={2})
+            if shown:
+                lines.append(
+                    "driver: " + ", ".join(f"{k} {v}" for k, v in self.driver_versions.items())
+                )
+                for address, different in self.mismatched.items():
+                    lines.append(f"MISMATCH {address}: {'; '.join(different)}")
         if self.started:
             lines.append("started by this process:")
             rows = [("role", "pid", "scheduler")] + [(r, str(p), a) for r, p, a in self.started]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def test_every_option_of_every_command_has_a_help_text():
     parser = cli.build_parser()
     commands = _subcommands(parser)
-    assert {"bench", "scheduler", "worker", "status"} <= set(commands)
+    assert {"bench", "scheduler", "worker", "status", "launch"} <= set(commands)
     missing = [
         f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
         for name, command in [("unified-map", parser), *commands.items()]
@@ -83,7 +84,7 @@ def test_port_zero_hint_is_not_given_where_nothing_listens(command, capsys):
     with pytest.raises(SystemExit):
         parse(command, "--help")
     assert "port 0" not in " ".join(capsys.readouterr().out.split())
-    assert cli.main([command, "nonsense"]) == 1
+    assert cli.main([command, "dask", "nonsense"]) == 1
     err = capsys.readouterr().err
     assert "invalid address 'nonsense'" in err and "port 0" not in err
 
@@ -92,7 +93,7 @@ def test_port_zero_hint_is_given_where_the_scheduler_listens(capsys):
     with pytest.raises(SystemExit):
         parse("scheduler", "--help")
     assert "port 0 picks a free one" in " ".join(capsys.readouterr().out.split())
-    assert cli.main(["scheduler", "--address", "nonsense"]) == 1
+    assert cli.main(["scheduler", "dask", "--address", "nonsense"]) == 1
     assert "port 0 picks a free one" in capsys.readouterr().err
 
 
@@ -339,30 +340,83 @@ def test_status_prints_the_workers_of_a_running_cluster(dask_cluster):
 
 def test_status_of_an_unreachable_scheduler_fails_with_its_address():
     result = subprocess.run(
-        [sys.executable, "-m", "unified_map", "status", "127.0.0.1:9", "--timeout", "2"],
+        [sys.executable, "-m", "unified_map", "status", "dask", "127.0.0.1:9", "--timeout", "2"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 1
-    assert "tcp://127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+    assert "127.0.0.1:9: connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_scheduler_and_worker_commands_serve_until_sigterm():
+def test_scheduler_and_worker_commands_serve_until_sigterm(tmp_path):
+    """Through a scheduler file, one line per event, no engine log without --verbose."""
     import cluster_setup
     from tests.helpers import BlockingScript
 
-    scheduler = BlockingScript(_cli_script("scheduler", "--address", "127.0.0.1:0"))
+    path = str(tmp_path / "scheduler.json")
+    scheduler = BlockingScript(
+        _cli_script("scheduler", "dask", "--address", "127.0.0.1:0", "--scheduler-file", path)
+    )
     try:
-        address = scheduler.wait_for(r"scheduler at (tcp://\S+?)[,;]")
-        worker = BlockingScript(_cli_script("worker", address, "--n-workers", "2"))
+        address = scheduler.wait_for(r"scheduler listening at (tcp://\S+?)[,;]")
+        assert json.loads(Path(path).read_text())["address"] == address
+        worker = BlockingScript(
+            _cli_script("worker", "dask", "--scheduler-file", path, "--cores", "2")
+        )
         try:
-            worker.wait_for(r"2 \S+ worker\(s\) joined")
-            with cluster_setup.dask.connect_to_scheduler(address):
+            worker.wait_for(r"2 dask worker\(s\) joined")
+            scheduler.wait_for(r"worker joined: (tcp://\S+)")
+            with cluster_setup.dask.connect_to_scheduler(scheduler_file=path):
                 assert len(cluster_setup.dask.report_status().workers) == 2
             worker.terminate_and_check()  # exits 0, leaves no child behind
         finally:
             worker.kill()
+        scheduler.wait_for(r"(worker left: tcp://\S+)")
         scheduler.terminate_and_check()
+        assert not os.path.exists(path)  # the scheduler file goes with its scheduler
+        for script in (scheduler, worker):
+            assert not [line for line in script.lines if " - INFO - " in line], script.lines
+            assert all(line.startswith("unified-map ") for line in script.lines), script.lines
     finally:
         scheduler.kill()
+
+
+def test_a_refused_connection_is_said_at_once(dask_cluster, capsys):
+    """status fails at once; a worker says so and keeps trying until its timeout. A command
+    run in a process stops only what it started there (not the session's cluster)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        assert cli.main(["status", f"127.0.0.1:{port}", "--timeout", "120"]) == 1
+        err = capsys.readouterr().err
+        assert "connection refused" in err and f"127.0.0.1:{port}" in err
+        assert cli.main(["worker", "dask", f"127.0.0.1:{port}", "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}: connection refused; the workers keep trying" in err
+    assert all(process.running for process in dask_cluster.processes)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker", "dask"], "give the scheduler's ADDRESS or --scheduler-file FILE"),
+        (["worker", "dask", "1.2.3.4:5", "--scheduler-file", "f"], "ADDRESS or --scheduler-file"),
+        (["status"], "give the scheduler's ADDRESS or --scheduler-file FILE"),
+        (["status", "dask", "a:1", "b:2"], "expected [ENGINE] [ADDRESS]"),
+        (["launch", "dask", "--scheduler-file", "f"], "launch needs the command"),
+    ],
+)
+def test_cluster_commands_refuse_what_they_cannot_do(argv, message, capsys):
+    assert cli.main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_launch_takes_everything_after_the_double_dash_as_the_command(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "_launch", lambda hpc, args: seen.update(vars(args)) or 0)
+    argv = ["launch", "spark", "--scheduler-file", "f.json", "--cores", "3", "--memory", "2g"]
+    assert cli.main([*argv, "--", "python", "script.py", "--cores", "9"]) == 0
+    assert seen["command_line"] == ["python", "script.py", "--cores", "9"]
+    assert (seen["engine"], seen["cores"], seen["memory"]) == ("spark", 3, 2 * 2**30)

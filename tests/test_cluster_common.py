@@ -9,10 +9,14 @@ engine's test module subclasses it and provides two fixtures, ``engine`` (a
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
+import platform
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,14 +27,17 @@ import pytest
 
 import cluster_setup
 import unified_map as um
-from cluster_setup.addresses import parse_address
+from cluster_setup.addresses import parse_address, same_endpoint
 from cluster_setup.errors import (
     ClusterSetupError,
     EngineNotInstalledError,
     InvalidAddressError,
     PortInUseError,
+    SchedulerFileError,
+    SchedulerFileTimeoutError,
     SchedulerUnreachableError,
 )
+from cluster_setup.scheduler_file import write_scheduler_file
 from cluster_setup.status import ClusterStatus, WorkerInfo
 from tests.helpers import BlockingScript, process_tree_pids, run_python
 from unified_map.errors import RemoteTraceback
@@ -509,3 +516,75 @@ class ClusterSuite:
             scheduler.terminate_and_check()
         finally:
             scheduler.kill()
+
+    # HPC: scheduler files, shipping code, the environment check (issue 10)
+
+    def test_a_scheduler_file_is_written_when_ready_and_workers_join_through_it(
+        self, engine, tmp_path
+    ):
+        path = str(tmp_path / "scheduler.json")
+        address = engine.setup.start_scheduler("127.0.0.1:0", scheduler_file=path)
+        try:
+            document = json.loads(open(path).read())
+            assert document["engine"] == engine.name
+            assert same_endpoint(document["address"], address)
+            secret = engine.setup._scheduler_file_payload(address)[1]
+            assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == (0 if secret else 0o044)
+            joined = engine.setup.start_worker(scheduler_file=path, timeout=60)
+            assert len(joined) == 1
+            pids = process_tree_pids([p.pid for p in engine.setup.started if p.address == address])
+        finally:
+            engine.setup.stop(address)
+        assert not os.path.exists(path)  # removed with its scheduler
+        assert not process_tree_pids(pids)
+
+    def test_connect_through_a_scheduler_file(self, engine, cluster, tmp_path):
+        path = str(tmp_path / "scheduler.json")
+        write_scheduler_file(path, engine.name, cluster.address)
+        with engine.setup.connect_to_scheduler(scheduler_file=path, timeout=30) as connection:
+            assert same_endpoint(connection.address, cluster.address)
+            assert um.parallel(abs, [-1, -2]) == [1, 2]
+
+    def test_a_missing_or_malformed_scheduler_file_is_a_clear_error(self, engine, tmp_path):
+        path = str(tmp_path / "scheduler.json")
+        before = [p.pid for p in engine.setup.started]
+        for verb in (engine.setup.start_worker, engine.setup.connect_to_scheduler):
+            with pytest.raises(SchedulerFileTimeoutError, match=re.escape(path)):
+                verb(scheduler_file=path, timeout=0.5)
+        with open(path, "w") as file:
+            file.write('{"engine": "dask", "addr')  # cut short, and stays so
+        with pytest.raises(SchedulerFileError, match="not valid JSON"):
+            engine.setup.start_worker(scheduler_file=path, timeout=30)
+        other = "spark" if engine.name != "spark" else "dask"
+        write_scheduler_file(path, other, "127.0.0.1:1")
+        with pytest.raises(SchedulerFileError, match=f"written by a {other} scheduler"):
+            engine.setup.connect_to_scheduler(scheduler_file=path, timeout=30)
+        assert [p.pid for p in engine.setup.started] == before  # nothing was started
+        assert cluster_setup.active_connection() is None
+
+    def test_py_files_make_a_module_the_workers_cannot_see_importable(
+        self, engine, cluster, tmp_path, monkeypatch
+    ):
+        # a module and a package, in a folder that is on no worker's path
+        name = f"shipped_{engine.name}_{os.getpid()}"
+        (tmp_path / f"{name}_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+        package = tmp_path / f"{name}_pkg"
+        package.mkdir()
+        (package / "__init__.py").write_text("from .inner import negate\n")
+        (package / "inner.py").write_text("def negate(x):\n    return -x\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        module = importlib.import_module(f"{name}_mod")
+        pkg = importlib.import_module(f"{name}_pkg")
+        files = [str(tmp_path / f"{name}_mod.py"), str(package)]
+        with engine.setup.connect_to_scheduler(cluster.address, timeout=30, py_files=files):
+            assert um.parallel(module.triple, range(4)) == [0, 3, 6, 9]
+            assert um.parallel(pkg.negate, range(3)) == [0, -1, -2]
+
+    def test_report_status_shows_each_workers_versions(self, engine, cluster, connection):
+        status = engine.setup.report_status()
+        assert status.driver_versions["python"] == platform.python_version()
+        assert set(status.driver_versions) == {"python", engine.setup.engine_package or
+                                               engine.name, "cloudpickle"}  # fmt: skip
+        assert all(w.versions == status.driver_versions for w in status.workers), status
+        assert status.mismatched == {}
+        assert "driver: python " in str(status) and "MISMATCH" not in str(status)

@@ -1,7 +1,8 @@
 """The ``unified-map`` command: ``unified-map bench`` runs the built-in benchmark suite on every
 installed backend, prints one table per workload and writes the chart, the rows (JSON) and a
 Markdown summary to a results folder; ``scheduler``, ``worker`` and ``status`` start and
-inspect a cluster from a shell or a batch script (thin wrappers over :mod:`cluster_setup`).
+inspect a cluster from a shell or a batch script, and ``launch`` runs a script on a whole
+allocation (thin wrappers over :mod:`cluster_setup.hpc`).
 
 ``python -m unified_map`` with no command runs ``bench`` (the project's main job), with any
 options of ``bench`` given: ``python -m unified_map --out DIR``.
@@ -29,7 +30,7 @@ DEFAULT_OUT = "unified_map_bench"
 OUT_FILES = {"plot": "bench.png", "rows": "bench.json", "summary": "summary.md"}
 
 #: Engines whose setup object lives in :mod:`cluster_setup` under the same name.
-CLUSTER_ENGINES = ("dask",)
+CLUSTER_ENGINES = ("dask", "spark", "ray")
 
 
 def _positive_int(text: str) -> int:
@@ -114,75 +115,162 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _memory(text: str) -> int:
+    from unified_map._cluster import cluster_setup
+
+    try:
+        return cluster_setup.hpc.parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port_or_none(text: str) -> int | None | str:
+    if text.lower() in ("none", "off"):
+        return None
+    if text == "default":  # the engine's own choice
+        return text
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port or 'none', got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {text!r}")
+    return port
+
+
 def _add_cluster_commands(commands) -> None:
-    def engine_option(command):
+    engines = ", ".join(CLUSTER_ENGINES)
+
+    def engine_argument(command):
+        command.add_argument("engine", choices=CLUSTER_ENGINES, help=f"cluster engine: {engines}")
+
+    def timeout_option(command, default: float, what: str):
         command.add_argument(
-            "--engine",
-            choices=CLUSTER_ENGINES,
-            default="dask",
-            help="cluster engine: " + ", ".join(CLUSTER_ENGINES) + " (default dask)",
+            "--timeout",
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"give up {what} after this long (default {default:g})",
         )
 
-    def scheduler_address(command):
-        """The options of a command that talks to a running scheduler."""
-        engine_option(command)
+    def scheduler_file_option(command, what: str):
         command.add_argument(
-            "address", help="the scheduler's address, host:port or tcp://host:port"
+            "--scheduler-file",
+            metavar="FILE",
+            help=f"{what} (JSON, on a filesystem every node shares)",
+        )
+
+    def sizing_options(command):
+        command.add_argument(
+            "--cores",
+            type=_positive_int,
+            metavar="N",
+            help="cores this node gives to workers (default: every core this task may use; "
+            "dask runs one single-threaded worker process per core, spark and ray one worker "
+            "with N cores)",
+        )
+        command.add_argument(
+            "--memory",
+            type=_memory,
+            metavar="SIZE",
+            help="memory this node gives to workers, e.g. 16GB, 16GiB or 16g (default: the "
+            "engine's own choice; dask shares it between its worker processes)",
+        )
+
+    def verbose_option(command):
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show the engine's own log (INFO level); by default one line per event",
         )
 
     scheduler = commands.add_parser(
         "scheduler",
         help="start a scheduler and serve until Ctrl-C or SIGTERM",
-        description="Start a scheduler on ADDRESS and serve until Ctrl-C or SIGTERM, then "
-        "shut it down cleanly (what a batch job script runs).",
+        description="Start a scheduler and serve until Ctrl-C or SIGTERM (what a batch job "
+        "sends at its end), then shut it down cleanly. Prints where it listens, who joins and "
+        "leaves, and why it stopped, one line each.",
     )
-    engine_option(scheduler)
+    engine_argument(scheduler)
     scheduler.add_argument(
         "--address",
-        default="127.0.0.1:8786",
-        help="host:port to listen on (default 127.0.0.1:8786; port 0 picks a free one; "
-        "other machines can reach it only on a non-loopback host)",
+        help="host:port to listen on (default: the engine's port on 127.0.0.1, or with "
+        "--scheduler-file a free port on this node's host name, UNIFIED_MAP_HOST to pick "
+        "another; port 0 picks a free one; other machines can reach it only on a non-loopback "
+        "host)",
     )
+    scheduler_file_option(scheduler, "write the engine and address to FILE once ready")
+    scheduler.add_argument(
+        "--dashboard-port",
+        type=_port_or_none,
+        default="default",
+        metavar="PORT",
+        help="port of the web dashboard (0: a free one; 'none': no dashboard; default: the "
+        "engine's own choice)",
+    )
+    timeout_option(scheduler, 60, "starting")
+    verbose_option(scheduler)
+
     worker = commands.add_parser(
         "worker",
         help="start workers that join a scheduler and serve until Ctrl-C or SIGTERM",
-        description="Start worker processes that join the scheduler at ADDRESS; serve until "
-        "Ctrl-C or SIGTERM, then leave the scheduler cleanly.",
+        description="Start workers sized for this node that join the scheduler at ADDRESS (or "
+        "the one FILE names); serve until Ctrl-C or SIGTERM, then leave the scheduler cleanly.",
     )
-    scheduler_address(worker)
+    engine_argument(worker)
     worker.add_argument(
-        "--n-workers",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="worker processes to start (default 1)",
+        "address", nargs="?", help="the scheduler's address, host:port or scheme://host:port"
     )
-    worker.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="threads per worker process (default 1)",
-    )
-    worker.add_argument(
-        "--memory",
-        default="auto",
-        help="memory per worker process, e.g. 2GB (default auto: this machine's memory shared "
-        "between the processes)",
-    )
+    scheduler_file_option(worker, "join the scheduler FILE names, waiting for it to appear")
+    sizing_options(worker)
+    timeout_option(worker, 60, "waiting for the scheduler file and the scheduler")
+    verbose_option(worker)
+
     status = commands.add_parser(
         "status",
         help="connect to a scheduler and print its workers",
-        description="Connect to the scheduler at ADDRESS, print its workers, cores and "
-        "memory, and disconnect.",
+        description="Connect to a scheduler, print its workers (cores, memory, Python and "
+        "engine versions, any that differ from this machine's flagged) and disconnect. ENGINE "
+        "defaults to the one the address's scheme or FILE names, else dask.",
     )
-    scheduler_address(status)
     status.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="give up connecting after this long (default 10)",
+        "target",
+        nargs="*",
+        metavar="[ENGINE] [ADDRESS]",
+        help=f"the engine ({engines}) and the scheduler's address, host:port or scheme://host:port",
+    )
+    scheduler_file_option(status, "the scheduler FILE names")
+    timeout_option(status, 10, "connecting")
+
+    launch = commands.add_parser(
+        "launch",
+        help="run a script on a whole allocation: run it under srun or mpirun in every task",
+        description="Run in every task of an allocation (srun, mpirun): task 0 starts the "
+        "scheduler, waits for the others' workers, then runs COMMAND with "
+        "UNIFIED_MAP_SCHEDULER set, so that unified_map.parallel in it runs on the "
+        "allocation; every other task starts workers sized for its node. All stop when "
+        "COMMAND ends (its exit code is task 0's) or on SIGTERM. Rank and size come from "
+        "SLURM_PROCID/SLURM_NTASKS, PMI_RANK/PMI_SIZE or OMPI_COMM_WORLD_RANK/SIZE.",
+    )
+    engine_argument(launch)
+    launch.add_argument(
+        "--scheduler-file",
+        required=True,
+        metavar="FILE",
+        help="where task 0 writes the scheduler's address (JSON, on a filesystem every node "
+        "shares); removed at the end",
+    )
+    launch.add_argument(
+        "--host",
+        help="interface (host name or IP) the scheduler listens on (default: UNIFIED_MAP_HOST, "
+        "else this node's host name)",
+    )
+    sizing_options(launch)
+    timeout_option(launch, 300, "waiting for the scheduler and the workers")
+    verbose_option(launch)
+    launch.usage = (
+        "unified-map launch [-h] ENGINE --scheduler-file FILE [--host HOST] [--cores N] "
+        "[--memory SIZE] [--timeout SECONDS] [--verbose] -- COMMAND..."
     )
 
 
@@ -196,40 +284,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["bench", *argv]
+    # `launch ... -- COMMAND...`: what follows -- is the command, never our options
+    command: list[str] = []
+    if argv[:1] == ["launch"] and "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
+    args.command_line = command
     if args.command == "bench":
         return run_bench(args, parser)
     return run_cluster_command(args)
 
 
 def run_cluster_command(args: argparse.Namespace) -> int:
-    """Run ``scheduler``, ``worker`` or ``status`` as ``args`` asks; returns the exit code.
+    """Run ``scheduler``, ``worker``, ``status`` or ``launch`` as ``args`` asks; returns the
+    exit code.
 
-    ``scheduler`` and ``worker`` block until Ctrl-C or SIGTERM. A cluster error (malformed
-    address, port in use, unreachable scheduler) is printed as one line, exit status 1.
+    ``scheduler`` and ``worker`` serve until Ctrl-C or SIGTERM (exit status 0), printing one
+    line per event on stderr. A cluster error (malformed address, port in use, unreachable
+    scheduler, missing scheduler file) is printed as one line, exit status 1.
     """
     from unified_map._cluster import cluster_setup
     from unified_map.errors import ClusterSetupError
 
-    setup = getattr(cluster_setup, args.engine)
+    hpc = cluster_setup.hpc
+    # What `python -m` does: modules in the working directory are importable here and on the
+    # workers started from here (they get this process's own import folders).
+    if os.getcwd() not in [os.path.abspath(p or ".") for p in sys.path]:
+        sys.path.insert(0, os.getcwd())
+    engine = getattr(args, "engine", None)
+    label = f"unified-map {args.command}" + (f" [{engine}]" if engine else "")
+
+    def say(line: str) -> None:
+        print(f"{label}: {line}", file=sys.stderr, flush=True)
+
     try:
         if args.command == "scheduler":
-            setup.start_scheduler(args.address, block=True)
-        elif args.command == "worker":
-            setup.start_worker(
+            return hpc.serve_scheduler(
+                hpc.setup_for(engine),
                 args.address,
-                block=True,
-                n_workers=args.n_workers,
-                threads=args.threads,
-                memory=args.memory,
+                args.scheduler_file,
+                say,
+                dashboard_port=args.dashboard_port,
+                timeout=args.timeout,
+                verbose=args.verbose,
             )
-        else:
-            with setup.connect_to_scheduler(args.address, timeout=args.timeout):
-                setup.report_status()  # prints the table
-    except ClusterSetupError as exc:
-        print(f"unified-map {args.command}: error: {exc}", file=sys.stderr)
+        if args.command == "worker":
+            if (args.address is None) == (args.scheduler_file is None):
+                raise ValueError("give the scheduler's ADDRESS or --scheduler-file FILE (one)")
+            return hpc.serve_workers(
+                hpc.setup_for(engine),
+                args.address,
+                args.scheduler_file,
+                say,
+                cores=args.cores or hpc.available_cores(),
+                memory=args.memory,
+                timeout=args.timeout,
+                verbose=args.verbose,
+            )
+        if args.command == "launch":
+            return _launch(hpc, args)
+        return _status(hpc, args)
+    except (ClusterSetupError, ValueError, TypeError) as exc:
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+
+
+def _status(hpc, args: argparse.Namespace) -> int:
+    target = list(args.target)
+    engine = None
+    if target and target[0] in CLUSTER_ENGINES:
+        engine = target.pop(0)
+    if len(target) > 1:
+        raise ValueError(f"expected [ENGINE] [ADDRESS], got {' '.join(args.target)}")
+    address = target[0] if target else None
+    if (address is None) == (args.scheduler_file is None):
+        raise ValueError("give the scheduler's ADDRESS or --scheduler-file FILE (one)")
+    if engine is None and address is not None:
+        scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+        engine = {"spark": "spark", "ray": "ray"}.get(scheme, "dask")
+    elif engine is None:
+        from unified_map._cluster import cluster_setup
+
+        document = cluster_setup.scheduler_file.wait_for_scheduler_file(
+            args.scheduler_file, args.timeout
+        )
+        engine = document["engine"]
+    return hpc.describe(hpc.setup_for(engine), address, args.scheduler_file, args.timeout)
+
+
+def _launch(hpc, args: argparse.Namespace) -> int:
+    command = list(getattr(args, "command_line", []))
+    if not command:
+        raise ValueError("launch needs the command task 0 runs, after --: -- python script.py")
+    return hpc.launch(
+        args.engine,
+        args.scheduler_file,
+        command,
+        host=args.host,
+        cores=args.cores or hpc.available_cores(),
+        memory=args.memory,
+        timeout=args.timeout,
+        verbose=args.verbose,
+    )
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:

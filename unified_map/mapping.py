@@ -370,7 +370,7 @@ class _ResultIterator:
 def _choose_backend(name: str | None) -> str:
     """The backend name a map runs on; fails at once on an unknown or missing backend."""
     if name is None or name == "auto":
-        connection = cluster_setup.active_connection()
+        connection = cluster_setup.connect_from_environment()  # or UNIFIED_MAP_SCHEDULER's
         if connection is not None:  # a cluster the user connected to: always the place
             name = connection.backend_name
         elif name is None:
