@@ -31,11 +31,13 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
 import threading
 import uuid
+import zipfile
 from typing import Any
 
 from .addresses import Address, check_port_free, parse_address
@@ -288,6 +290,8 @@ class RayConnection(ClusterConnection):
         self.client = client
         self.local = local
         self._live = True
+        self._init_options: dict[str, Any] = {}  # what ray.init was given
+        self._py_folders: list[str] = []  # py_files, as Ray's py_modules take them
 
     @property
     def reachable(self) -> bool:
@@ -331,11 +335,35 @@ class RayConnection(ClusterConnection):
                 ray.shutdown()
             if self.local and self._temp_dir:
                 remove_log_dir(self._temp_dir)
+            for folder in self._py_folders:
+                remove_log_dir(folder)
             for pid in self._daemons:
                 _parent_watch.send("P-", pid)
 
     _temp_dir: str | None = None
     _daemons: list[str] = []
+
+
+def _init(options: dict[str, Any], timeout: float) -> None:
+    """``ray.init(**options)`` for a connection, given up on after ``timeout`` (at least
+    30 s): a ConnectionError naming the address (called with ``_ray_lock`` held)."""
+    ray = import_ray()
+    shown = options["address"]
+    env_address = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        finished, outcome = _in_thread(
+            lambda: ray.init(**options), max(timeout, 30), f"cluster_setup ray.init {shown}"
+        )
+    finally:
+        if env_address is not None:
+            os.environ["RAY_ADDRESS"] = env_address
+    if not finished or isinstance(outcome, BaseException):
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        reason = f": {outcome}" if isinstance(outcome, BaseException) else ""
+        raise SchedulerUnreachableError(
+            f"could not connect to the Ray head at {shown}{reason}"
+        ) from (outcome if isinstance(outcome, BaseException) else None)
 
 
 def _end_previous_session(replacing: str) -> None:
@@ -371,6 +399,7 @@ class RaySetup(ClusterSetup):
 
     engine = "ray"
     extra = "ray"
+    engine_package = "ray"
 
     def start_scheduler(
         self,
@@ -644,7 +673,7 @@ class RaySetup(ClusterSetup):
         global _current
         where = parse_address(address, schemes=("ray",))
         client = address.strip().startswith("ray://")
-        ray = import_ray()
+        import_ray()  # the install hint first
         where = Address("ray", _node_host(where.host), where.port)
         shown = f"ray://{where.host}:{where.port}" if client else f"{where.host}:{where.port}"
         if client:
@@ -662,31 +691,17 @@ class RaySetup(ClusterSetup):
             auth_token()
         else:
             _probe_head(where, timeout)
+        options = {
+            "address": shown,
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+            **({} if client else {"_node_ip_address": _driver_ip(where)}),
+        }
         with _ray_lock:
             _end_previous_session(shown)
-            env_address = os.environ.pop("RAY_ADDRESS", None)
-            try:
-                finished, outcome = _in_thread(
-                    lambda: ray.init(
-                        address=shown,
-                        logging_level=logging.ERROR,
-                        log_to_driver=False,
-                        **({} if client else {"_node_ip_address": _driver_ip(where)}),
-                    ),
-                    max(timeout, 30),
-                    f"cluster_setup ray.init {shown}",
-                )
-            finally:
-                if env_address is not None:
-                    os.environ["RAY_ADDRESS"] = env_address
-            if not finished or isinstance(outcome, BaseException):
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
-                reason = f": {outcome}" if isinstance(outcome, BaseException) else ""
-                raise SchedulerUnreachableError(
-                    f"could not connect to the Ray head at {shown}{reason}"
-                ) from (outcome if isinstance(outcome, BaseException) else None)
+            _init(options, timeout)
             connection = RayConnection(self, shown, client=client)
+            connection._init_options = options
             _current = connection
         return connection
 
@@ -709,6 +724,90 @@ class RaySetup(ClusterSetup):
                 )
             )
         return sorted(workers, key=lambda w: w.address), None
+
+    # -- HPC hooks (cluster_setup.base) -------------------------------------------------------
+
+    def _scheduler_file_payload(self, address: str) -> tuple[dict[str, Any], bool]:
+        """The head's token travels in the scheduler file, which is then readable by its
+        owner only: worker nodes and drivers on other nodes need it to join."""
+        token = auth_token()
+        return ({"token": token}, True) if token is not None else ({}, False)
+
+    def _use_scheduler_file(self, contents: dict[str, Any]) -> None:
+        """Take the token of the file's head for this process and the nodes it starts
+        (Ray reads it once per process, at its first use: before that is what counts)."""
+        token = str(contents.get("token") or "").strip()
+        if token:
+            with _token_lock:
+                os.environ["RAY_AUTH_MODE"] = "token"
+                os.environ["RAY_AUTH_TOKEN"] = token
+
+    def _ship_py_files(self, connection: RayConnection, files: list[str]) -> None:
+        """Ray's job-level ``runtime_env`` ``py_modules``: every task of this driver, maps
+        and the user's own ``ray.remote`` calls, on every node, now and later.
+
+        Ray takes packages (folders) there, so a ``.py`` file becomes a one-module package of
+        its name and an archive is unpacked; they live in a folder removed with the
+        connection. Ray uploads them once.
+        """
+        folder = make_log_dir("um-ray-py-")
+        connection._py_folders.append(folder)
+        modules = list(connection._init_options.get("runtime_env", {}).get("py_modules", []))
+        for path in files:
+            name = os.path.basename(path)
+            if name.endswith(".py"):
+                package = os.path.join(folder, name[:-3])
+                os.makedirs(package, exist_ok=True)
+                shutil.copyfile(path, os.path.join(package, "__init__.py"))
+                modules.append(package)
+                continue
+            unpacked = os.path.join(folder, name + ".d")
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(unpacked)
+            for entry in sorted(os.listdir(unpacked)):
+                inside = os.path.join(unpacked, entry)
+                if os.path.isdir(inside):
+                    modules.append(inside)
+                elif entry.endswith(".py"):
+                    package = os.path.join(folder, entry[:-3])
+                    os.makedirs(package, exist_ok=True)
+                    shutil.copyfile(inside, os.path.join(package, "__init__.py"))
+                    modules.append(package)
+        # Ray takes local folders only for a whole job (ray.init), not per task: this
+        # driver's session starts again with them, before any map of it has run.
+        with _ray_lock:
+            if _current is not connection or connection._users:
+                raise RuntimeError("py_files are shipped when connecting, before any map")
+            ray = import_ray()
+            ray.shutdown()
+            options = {**connection._init_options, "runtime_env": {"py_modules": modules}}
+            _init(options, 60)
+            connection._init_options = options
+
+    def _worker_versions(self, connection: RayConnection) -> dict[str, dict[str, str]]:
+        """:func:`.environment.environment_versions` run on each node with CPUs (pinned to
+        it, taking no CPU), keyed by its raylet address as in ``_describe``."""
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .environment import environment_versions
+
+        probe = ray.remote(num_cpus=0, max_retries=0)(environment_versions)
+        refs = {}
+        for node in connection.nodes():
+            if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0:
+                key = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                refs[key] = probe.options(scheduling_strategy=strategy).remote(
+                    self.engine_package
+                )
+        found: dict[str, dict[str, str]] = {}
+        for key, ref in refs.items():
+            try:
+                found[key] = ray.get(ref, timeout=30)
+            except Exception as exc:  # noqa: BLE001 - unknown, not a failed connection
+                found[key] = {"error": f"{type(exc).__name__}: {exc}"}
+        return found
 
     def _start_local_cluster(self, n_workers: int) -> RayConnection:
         """Ray's own local mode: :func:`ray.init` with ``n_workers`` CPUs, every socket on

@@ -25,6 +25,7 @@ import pytest
 
 import cluster_setup
 import unified_map as um
+from tests import test_hpc
 from tests.cluster_fixtures import ENGINES
 from tests.helpers import run_python
 from tests.test_cluster_common import REPO_ROOT, ClusterSuite
@@ -130,3 +131,11 @@ def test_ray_client_address_runs_maps_from_off_the_cluster(ray_cluster):
             um.parallel(lambda x: 1 / x, [1, 0])
         assert um.parallel(abs, [-5]) == [5]  # still usable after the error
     assert cluster_setup.active_connection() is None
+
+
+def test_a_ray_allocation_runs_the_script_on_every_worker_and_stops_when_it_ends(tmp_path):
+    # The launcher's 3-task allocation (tests/test_hpc.py), for Ray: only here, where a head
+    # and worker nodes stay on loopback.
+    test_hpc.test_an_allocation_runs_the_script_on_every_worker_and_stops_when_it_ends(
+        "ray", tmp_path
+    )
