@@ -477,6 +477,34 @@ class ClusterSuite:
 
         assert sigterm_script_and_check(code, ready) == 128 + signal.SIGTERM
 
+    def test_a_map_on_a_cluster_whose_workers_all_died_fails_instead_of_waiting(
+        self, engine, monkeypatch
+    ):
+        from unified_map.backends.cluster import ClusterBackend
+
+        private = engine.start_cluster(n_workers=1)  # not the session's: its worker dies
+        pids = private.pids()
+        try:
+            with engine.setup.connect_to_scheduler(private.address, timeout=30) as connection:
+                assert um.parallel(abs, [-1, -2]) == [1, 2]
+                for record in private.processes:
+                    if record.role == "worker":
+                        os.killpg(record.pid, signal.SIGKILL)
+                        record.popen.wait()
+                deadline = time.monotonic() + 120  # until the scheduler noticed
+                while connection.slots() > 0:
+                    assert time.monotonic() < deadline, "the scheduler never lost its worker"
+                    time.sleep(0.5)
+                monkeypatch.setattr(ClusterBackend, "no_workers_seconds", 2.0)
+                with pytest.raises(um.WorkerLostError, match=r"has had no worker for 2 s"):
+                    um.parallel(abs, range(10))
+        finally:
+            engine.setup.stop(private.address)
+            for pid in process_tree_pids(pids):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        assert not process_tree_pids(pids)
+
     def test_dead_scheduler_is_reported_and_raised_as_unreachable(self, engine, capsys):
         private = engine.start_cluster(n_workers=1)  # not the session's: this one dies
         pids = private.pids()

@@ -13,11 +13,13 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 from unified_map._cluster import cluster_setup
 from unified_map.backends.base import Backend
 from unified_map.chunking import MAX_CHUNK_BYTES
+from unified_map.errors import WorkerLostError
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,15 @@ class ClusterBackend(Backend):
     engine: str = ""
     #: A chunk costs a scheduler round trip: fewer, bigger ones than on a local pool.
     max_chunk_bytes = MAX_CHUNK_BYTES
+    #: A map waiting on a cluster that has had no worker (no slot) for this long fails with
+    #: WorkerLostError rather than waiting for ever, as the engines themselves would.
+    no_workers_seconds: float = 120.0
 
     def __init__(self, n_workers: int | None = None, *, connection: Any = None):
         self._connection = connection
         self._private = None
         self._private_lock = threading.Lock()
+        self._no_workers_since: float | None = None
         super().__init__(n_workers)  # sets the private local cluster's size
 
     @classmethod
@@ -130,10 +136,25 @@ class ClusterBackend(Backend):
             future.cancel()
 
     def check_health(self) -> None:
-        """Raise a ConnectionError naming the scheduler if it stopped answering."""
+        """Raise a ConnectionError naming the scheduler if it stopped answering, and
+        WorkerLostError once the cluster has had no worker for :attr:`no_workers_seconds`."""
         connection = self._connection or self._private
-        if connection is not None and not connection.reachable:
+        if connection is None:
+            return
+        if not connection.reachable:
             raise connection.lost()
+        if connection.slots() > 0:
+            self._no_workers_since = None
+            return
+        now = time.monotonic()
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        elif now - self._no_workers_since > self.no_workers_seconds:
+            raise WorkerLostError(
+                f"the {self.engine} cluster at {connection.address} has had no worker for "
+                f"{self.no_workers_seconds:g} s: every worker died or left, and the map's "
+                "remaining chunks have nowhere to run (start workers, then map again)"
+            )
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop the private local cluster, if this instance started one; a connection made
