@@ -725,6 +725,16 @@ class RaySetup(ClusterSetup):
             )
         return sorted(workers, key=lambda w: w.address), None
 
+    def _lost_workers(self, connection: RayConnection) -> list[WorkerInfo]:
+        """Nodes Ray's GCS lists as dead (killed, or lost their heartbeat)."""
+        lost = []
+        for node in connection.nodes():
+            if not node.get("Alive"):
+                address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+                resources = node.get("Resources", {})
+                lost.append(WorkerInfo(address, int(resources.get("CPU", 0)), name="dead"))
+        return sorted(lost, key=lambda w: w.address)
+
     # -- HPC hooks (cluster_setup.base) -------------------------------------------------------
 
     def _scheduler_file_payload(self, address: str) -> tuple[dict[str, Any], bool]:

@@ -914,6 +914,16 @@ class SparkSetup(ClusterSetup):
         ]
         return workers, connection.webui_url
 
+    def _lost_workers(self, connection: SparkConnection) -> list[WorkerInfo]:
+        """Workers the master lists as DEAD (it keeps them a while after losing them)."""
+        if connection.local:
+            return []
+        return [
+            WorkerInfo(f"{w['host']}:{w['port']}", w.get("cores", 0), name="DEAD")
+            for w in sorted(connection.status()["workers"], key=lambda w: (w["host"], w["port"]))
+            if w.get("state") == "DEAD"
+        ]
+
     def _schemes(self) -> tuple[str, ...]:
         return ("spark",)
 

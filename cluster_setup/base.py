@@ -269,6 +269,7 @@ class ClusterSetup:
                     self.engine, connection.address, True, workers
                 )
                 status.dashboard_link, status.started = dashboard, started
+                status.lost = self._lost_workers(connection)
         print(status)
         return status
 
@@ -467,6 +468,11 @@ class ClusterSetup:
         )
 
     # -- hooks an engine may supply ----------------------------------------------------------
+
+    def _lost_workers(self, connection: ClusterConnection) -> list[WorkerInfo]:
+        """Workers the scheduler still lists but lost (dead), for ``report_status``; by
+        default none (dask forgets a lost worker at once)."""
+        return []
 
     def _scheduler_file_payload(self, address: str) -> tuple[dict[str, Any], bool]:
         """Fields the scheduler file carries besides engine and address, and whether they are

@@ -108,6 +108,9 @@ class ClusterStatus:
     worker                 name  cores  memory
     tcp://127.0.0.1:40001  w-0       1  2.00 GB
     total: 1 worker                  1  2.00 GB
+    >>> status.lost = [WorkerInfo("10.0.0.7:41000", 2, name="node-7")]
+    >>> str(status).splitlines()[-1]
+    'lost: 10.0.0.7:41000 (node-7)'
     """
 
     engine: str
@@ -121,6 +124,8 @@ class ClusterStatus:
     problem: str | None = None
     #: This process's Python, engine and cloudpickle versions, when the workers' are known.
     driver_versions: dict[str, str] | None = None
+    #: Workers the scheduler still lists but lost (Ray's dead nodes, Spark's DEAD workers).
+    lost: list[WorkerInfo] = field(default_factory=list)
 
     @property
     def mismatched(self) -> dict[str, list[str]]:
@@ -209,6 +214,8 @@ class ClusterStatus:
                 )
                 for address, different in self.mismatched.items():
                     lines.append(f"MISMATCH {address}: {'; '.join(different)}")
+        for w in self.lost:
+            lines.append(f"lost: {w.address}" + (f" ({w.name})" if w.name else ""))
         if self.started:
             lines.append("started by this process:")
             rows = [("role", "pid", "scheduler")] + [(r, str(p), a) for r, p, a in self.started]

@@ -44,6 +44,8 @@ class ClusterEngine:
     #: top-level module whose absence must give ``pip install unified_map[<extra>]``
     engine_module: str = ""
     extra: str = ""
+    #: Whether report_status() keeps listing a worker the scheduler lost (as dead).
+    lists_lost_workers: bool = False
 
     @property
     def setup(self) -> ClusterSetup:
@@ -132,6 +134,7 @@ class RayEngine(ClusterEngine):
     engine_module = "ray"
     extra = "ray"
     scheduler_banner = r"\(scheduler\) at (\S+?)[,;]"
+    lists_lost_workers = True
     bigger_worker_options = ({"cores": 2, "memory": "1.5GB"}, 1)
 
     def start_cluster(self, n_workers: int = 2) -> RunningCluster:
@@ -167,6 +170,7 @@ class SparkEngine(ClusterEngine):
     engine_module = "pyspark"
     extra = "spark"
     scheduler_banner = r"scheduler at (spark://\S+?)[,;]"
+    lists_lost_workers = True
     has_dashboard = True
     bigger_worker_options = ({"cores": 2, "memory": "1536m"}, 1)
     gigabyte = 2**30
