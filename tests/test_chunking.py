@@ -180,3 +180,15 @@ def test_abandoned_imap_is_freed_at_once_without_the_cyclic_gc():
         assert chunks() is None
     finally:
         gc.enable()
+
+
+def test_unguided_chunks_stay_equal_where_a_job_ends_with_its_slowest_task():
+    # Spark's setting: two equal chunks per worker; the default shrinks them towards the end.
+    def sizes(**options):
+        sizer = ChunkSizer(None, n_items=40, n_workers=2, target_seconds=0.5, **options)
+        sizer.observe(1, 0.05)  # 50 ms per item
+        return [len(chunk) for _, chunk in iter_chunks(list(range(40)), sizer)]
+
+    assert sizes(chunks_per_worker=2, guided=False) == [10, 10, 10, 10]
+    guided = sizes()
+    assert sum(guided) == 40 and guided[-1] < guided[0]

@@ -133,6 +133,14 @@ class ChunkSizer:
         (``serial``) gains nothing from it and only pays more chunks.
     max_bytes : int
         Largest pickled payload per chunk, once the payload size per item is known.
+    chunks_per_worker : int
+        With ``balance``, how many chunks each worker should get at least: more balance
+        uneven items better, fewer cost less where a task is dear (Spark).
+    guided : bool
+        With ``balance``, chunks shrink as the input runs out (guided self-scheduling), so
+        that the last ones finish together; False keeps them equal, for engines that run
+        chunks in jobs that end with their slowest task (Spark), where a tail of small
+        chunks costs a job round trip each.
 
     Examples
     --------
@@ -153,6 +161,8 @@ class ChunkSizer:
         key: Hashable | None = None,
         balance: bool = True,
         max_bytes: int = MAX_CHUNK_BYTES,
+        chunks_per_worker: int = MIN_CHUNKS_PER_WORKER,
+        guided: bool = True,
     ):
         self.fixed = chunksize
         self.balance = balance
@@ -161,12 +171,14 @@ class ChunkSizer:
         self.n_items = n_items
         self.n_workers = n_workers
         self.handed_out = 0
+        self.chunks_per_worker = chunks_per_worker
+        self.guided = guided
         if n_items is None:
             self.cap = MAX_UNSIZED_CHUNK
         elif not balance:
             self.cap = max(1, n_items)
         else:
-            self.cap = max(1, math.ceil(n_items / (MIN_CHUNKS_PER_WORKER * n_workers)))
+            self.cap = max(1, math.ceil(n_items / (chunks_per_worker * n_workers)))
         self.key = key
         # A remembered cost counts as one measured item: the first real chunk outweighs it, so
         # a function that became slower (bigger inputs) is corrected at once.
@@ -194,9 +206,9 @@ class ChunkSizer:
         if seconds_per_item <= 0:
             return cap
         size = self.target_seconds / seconds_per_item
-        if self.n_items is not None and self.balance:
+        if self.n_items is not None and self.balance and self.guided:
             remaining = self.n_items - self.handed_out
-            guided = remaining / (MIN_CHUNKS_PER_WORKER * self.n_workers)
+            guided = remaining / (self.chunks_per_worker * self.n_workers)
             size = min(size, max(guided, MIN_CHUNK_SECONDS / seconds_per_item))
         return max(1, min(cap, math.ceil(size)))
 

@@ -533,6 +533,8 @@ class _Run:
             key=self.cost_key,
             balance=backend.balances_load,
             max_bytes=backend.max_chunk_bytes,
+            chunks_per_worker=backend.chunks_per_worker,
+            guided=backend.guided_chunks,
         )
         self.chunks = self._segments()
         bar = self._progress_bar()
@@ -598,6 +600,10 @@ class _Run:
         # With a time limit, no more tasks than worker slots: a task is then running from
         # the moment it is sent, and the driver's clock can start there.
         if self.timed:
+            return max(1, self.backend.n_workers)
+        if not self.sizer.knows_sizes:
+            # Probing the cost with one-item chunks: one per worker is enough; more would
+            # only be one-item tasks whose overhead the measured sizes avoid.
             return max(1, self.backend.n_workers)
         return self.backend.max_in_flight
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from unified_map.chunking import TARGET_CHUNK_SECONDS
+from unified_map.chunking import MIN_CHUNKS_PER_WORKER, TARGET_CHUNK_SECONDS
 from unified_map.errors import UnpicklableRemoteError
 from unified_map.timeouts import ItemTimeout, item_clock
 
@@ -582,6 +582,11 @@ class Backend(concurrent.futures.Executor):
     #: (``serial``): a map with ``timeout=`` then runs each task on a thread of its own, so
     #: that it can give up on it on time.
     runs_in_caller: bool = False
+    #: With load balancing, the fewest chunks each worker gets (ChunkSizer's
+    #: ``chunks_per_worker``).
+    chunks_per_worker: int = MIN_CHUNKS_PER_WORKER
+    #: Whether chunks shrink towards the end of a sized input (ChunkSizer's ``guided``).
+    guided_chunks: bool = True
     #: True for backends that get ``func`` once per map (:meth:`share_func`) and each chunk's
     #: items with their large buffers out of band (:meth:`submit_split`), instead of one
     #: pickled blob per chunk holding both.
