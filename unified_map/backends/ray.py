@@ -71,9 +71,10 @@ class _CancelWatch:
     cancels kills the driver ("Check failed: it != submissible_tasks_.end() Tried to complete
     task that was not pending", the race of ray-project/ray#54785); it happened within a few
     hundred early-stopped ``imap`` calls here. Instead the driver writes a key per task into
-    Ray's key-value store; a chunk that has not started yet sees it and returns at once, and
-    one thread per worker process polls it while a chunk runs and interrupts the chunk (a
-    ``KeyboardInterrupt`` between two bytecodes, as ``ray.cancel(force=False)`` does).
+    Ray's key-value store; one thread per worker process looks for it as soon as a chunk
+    starts (off the chunk's thread: no extra round trip per chunk) and then every
+    :data:`CANCEL_POLL_SECONDS`, and interrupts the chunk when it appears (a
+    ``KeyboardInterrupt``, as ``ray.cancel(force=False)`` does).
     """
 
     def __init__(self) -> None:
@@ -137,14 +138,20 @@ class _CancelWatch:
 
     def _poll(self) -> None:
         main = threading.main_thread().ident
+        polled = None
         while True:
             self._wake.wait()
-            time.sleep(CANCEL_POLL_SECONDS)
             with self._lock:
                 key = self._key
                 if key is None:
                     self._wake.clear()
                     continue
+            if key == polled:  # the first look at a chunk's key is at once (a chunk
+                time.sleep(CANCEL_POLL_SECONDS)  # cancelled while queued stops at its start)
+                with self._lock:
+                    if self._key != key:
+                        continue
+            polled = key
             try:
                 requested = _kv()._internal_kv_exists(key, namespace=CANCEL_NAMESPACE)
             except Exception:  # noqa: BLE001 - the session is ending: nothing to stop
@@ -212,10 +219,6 @@ def run_chunk_task(func, header, *buffers):
     """Worker side: run a chunk packed by :func:`~unified_map.backends.base.pack_items`;
     None for a chunk cancelled before or while it ran."""
     key = _cancel_key(ray.get_runtime_context().get_task_id())
-    kv = _kv()
-    if kv._internal_kv_exists(key, namespace=CANCEL_NAMESPACE):
-        kv._internal_kv_del(key, namespace=CANCEL_NAMESPACE)
-        return None
     if not isinstance(header, bytes):
         header = memoryview(header)  # a read-only view of the object store: not copied
     try:
