@@ -13,7 +13,7 @@ the script's first result, and every rank stopped.
   then SIGTERM to the daemons.
 
 Run: ``python benchmarks/launch.py [--engines dask,spark] [--repeat 1]``. Ray only inside a
-network namespace with nothing but ``lo`` (``unshare -n``, see tests/ray_in_namespace.py):
+network namespace with nothing but ``lo`` (``unshare -n``, as tests/test_cluster_ray.py does):
 ``--engines ray`` there.
 """
 
