@@ -808,9 +808,7 @@ class RaySetup(ClusterSetup):
             if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0:
                 key = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
                 strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                refs[key] = probe.options(scheduling_strategy=strategy).remote(
-                    self.engine_package
-                )
+                refs[key] = probe.options(scheduling_strategy=strategy).remote(self.engine_package)
         found: dict[str, dict[str, str]] = {}
         for key, ref in refs.items():
             try:

@@ -422,8 +422,7 @@ class ClusterSetup:
             elif os.path.isfile(path):
                 if not path.endswith((".py", ".zip", ".egg")):
                     raise ValueError(
-                        f"py_files takes .py, .zip or .egg files and package folders, "
-                        f"got {given!r}"
+                        f"py_files takes .py, .zip or .egg files and package folders, got {given!r}"
                     )
                 files.append(path)
             else:

@@ -276,9 +276,7 @@ def check_nothing_left(tasks, pids, folder):
 
 
 @pytest.mark.parametrize("engine", ["dask", "spark"])
-def test_an_allocation_runs_the_script_on_every_worker_and_stops_when_it_ends(
-    engine, tmp_path
-):
+def test_an_allocation_runs_the_script_on_every_worker_and_stops_when_it_ends(engine, tmp_path):
     tasks, pids = run_allocation(engine, tmp_path)
     try:
         codes = [task.finish() for task in tasks]

@@ -878,9 +878,7 @@ class _Run:
         return what + _short_repr.repr(task.items[failure.index])
 
     def _note(self, task: _Task, failure: ChunkFailure) -> str:
-        where = (
-            f"item {task.start + failure.index} of the input: {self._short_item(task, failure)}"
-        )
+        where = f"item {task.start + failure.index} of the input: {self._short_item(task, failure)}"
         if failure.in_result:
             return (
                 f"unified_map: the result of {where} could not be sent back from backend "

@@ -420,9 +420,7 @@ def _without_unpicklable(outcome: ChunkOutcome, exc: Exception, keep_going: bool
     text = traceback.format_exc()
 
     def failure(index):
-        error = UnpicklableRemoteError(
-            _qualname(type(exc)), f"result could not be pickled: {exc}"
-        )
+        error = UnpicklableRemoteError(_qualname(type(exc)), f"result could not be pickled: {exc}")
         return ChunkFailure(index, error, text, in_result=True)
 
     failures = {f.index: f for f in outcome.failures}
