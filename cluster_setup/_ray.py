@@ -123,9 +123,33 @@ def auth_token(create: bool = False) -> str | None:
             handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(handle, "w") as file:
                 file.write(token)
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN"] = token
+        _use_token(token)
         return token
+
+
+def _use_token(token: str) -> None:
+    """Make ``token`` this process's Ray token (caller holds ``_token_lock``).
+
+    Ray reads ``RAY_AUTH_MODE`` and the token into its config when ``ray`` is imported. A
+    script that imported ``ray`` before using cluster_setup or the ``"ray"`` backend would
+    keep authentication off in its driver while the nodes started for it turn it on: every
+    call is then refused and Ray retries it for ever ("InvalidAuthToken", once a second).
+    So when the settings change after ``ray`` was imported, and no Ray session is live yet,
+    Ray's config and token cache are read again (what Ray's own tests do between sessions).
+    """
+    changed = (os.environ.get("RAY_AUTH_MODE"), os.environ.get("RAY_AUTH_TOKEN")) != (
+        "token",
+        token,
+    )
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token
+    ray = sys.modules.get("ray")
+    if not changed or ray is None or not hasattr(ray, "is_initialized") or ray.is_initialized():
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")  # the config first: the token loader checks the mode it holds
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _auth_hint() -> str:
@@ -749,8 +773,7 @@ class RaySetup(ClusterSetup):
         token = str(contents.get("token") or "").strip()
         if token:
             with _token_lock:
-                os.environ["RAY_AUTH_MODE"] = "token"
-                os.environ["RAY_AUTH_TOKEN"] = token
+                _use_token(token)
 
     def _ship_py_files(self, connection: RayConnection, files: list[str]) -> None:
         """Ray's job-level ``runtime_env`` ``py_modules``: every task of this driver, maps

@@ -258,14 +258,19 @@ def test_a_big_func_goes_to_the_object_store_once_and_items_out_of_band(monkeypa
         assert len(header) < 10_000 and len(buffers) == 2  # the arrays travel out of band
 
 
-def test_a_script_using_the_ray_backend_is_quiet_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("imports", ["unified_map", "ray first"])
+def test_a_script_using_the_ray_backend_is_quiet_and_leaves_nothing(tmp_path, imports):
+    # "ray first": Ray reads its authentication settings when it is imported; a script that
+    # imported it before unified_map was refused by the local instance ("InvalidAuthToken",
+    # retried once a second for ever) until the settings were reloaded.
     result = run_python(
-        """
-        import os, psutil
-        import unified_map as um
-        print(um.parallel(abs, [-1, -2, -3], backend="ray"))
-        print(sorted(p.pid for p in psutil.Process().children(recursive=True)))
-        """,
+        ("import ray\n" if imports == "ray first" else "")
+        + """
+import os, psutil
+import unified_map as um
+print(um.parallel(abs, [-1, -2, -3], backend="ray"))
+print(sorted(p.pid for p in psutil.Process().children(recursive=True)))
+""",
         timeout=180,
         cwd=REPO_ROOT,
         env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token"), "HOME": str(tmp_path)},
