@@ -365,13 +365,13 @@ class RayBackend(ClusterBackend):
         if len(blob) < SHARED_FUNC_BYTES:
             return blob
         connection = self.connection
-        if not connection.reachable:
+        if not connection.answered_recently():
             raise connection.lost()
         return SharedFunc(ray.put(_as_array(blob)))
 
     def submit_split(self, func, header: bytes, buffers: list) -> concurrent.futures.Future:
         connection = self.connection
-        if not connection.reachable:
+        if not connection.answered_recently():
             raise connection.lost()
         ref = _task().remote(func, _as_array(header), *_as_arrays(buffers))
         return RayFuture(self, connection, ref)
