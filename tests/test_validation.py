@@ -47,3 +47,24 @@ def test_starmap_non_callable_func():
 def test_no_iterable_is_an_error_like_map():
     with pytest.raises(TypeError, match="at least one iterable"):
         um.parallel(abs)
+
+
+@pytest.mark.parametrize("entry", [um.parallel, um.starmap, um.imap])
+def test_every_keyword_of_an_entry_point_reaches_the_map_options(entry):
+    # The entry points hand their keywords over as MapOptions.from_keywords(locals()): a
+    # keyword that MapOptions does not know would be dropped without a word.
+    import dataclasses
+    import inspect
+
+    from unified_map.options import MapOptions
+
+    fields = {field.name for field in dataclasses.fields(MapOptions)}
+    keywords = {
+        name
+        for name, parameter in inspect.signature(entry).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    assert keywords <= fields
+    assert fields - keywords <= {"ordered"}  # only imap yields out of order
+    values = {"retries": 2, "timeout": 3.0, "on_error": "return", "chunksize": 4}
+    assert MapOptions.from_keywords(values) == MapOptions(**values)

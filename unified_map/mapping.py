@@ -161,18 +161,7 @@ def parallel(
     >>> um.parallel(lambda x: 10 // x, [5, 0, 2], backend="serial", on_error="return")
     [2, Failure(index=1, item=0, exception=ZeroDivisionError('integer division or modulo by zero'), attempts=1), 5]
     """  # noqa: E501 - a doctest's output line
-    options = MapOptions(
-        backend=backend,
-        chunksize=chunksize,
-        progress=progress,
-        n_workers=n_workers,
-        on_error=on_error,
-        retries=retries,
-        retry_on=retry_on,
-        timeout=timeout,
-        checkpoint=checkpoint,
-        checkpoint_mode=checkpoint_mode,
-    )
+    options = MapOptions.from_keywords(locals())
     return _imap(func, iterables, options).drain()
 
 
@@ -202,18 +191,7 @@ def starmap(
     >>> [type(r).__name__ for r in um.starmap(divmod, [(7, 0), (9, 4)], on_error="return")]
     ['Failure', 'tuple']
     """
-    options = MapOptions(
-        backend=backend,
-        chunksize=chunksize,
-        progress=progress,
-        n_workers=n_workers,
-        on_error=on_error,
-        retries=retries,
-        retry_on=retry_on,
-        timeout=timeout,
-        checkpoint=checkpoint,
-        checkpoint_mode=checkpoint_mode,
-    )
+    options = MapOptions.from_keywords(locals())
     return _imap(func, iterable, options, star=True).drain()
 
 
@@ -256,19 +234,7 @@ def imap(
     >>> sorted(um.imap(abs, [-3, 1, -2], backend="threads", ordered=False))
     [1, 2, 3]
     """
-    options = MapOptions(
-        backend=backend,
-        chunksize=chunksize,
-        progress=progress,
-        n_workers=n_workers,
-        on_error=on_error,
-        retries=retries,
-        retry_on=retry_on,
-        timeout=timeout,
-        checkpoint=checkpoint,
-        checkpoint_mode=checkpoint_mode,
-        ordered=ordered,
-    )
+    options = MapOptions.from_keywords(locals())
     return _imap(func, iterables, options)
 
 

@@ -98,10 +98,26 @@ class MapOptions:
                 f"got {self.checkpoint_mode!r}"
             )
 
+    @classmethod
+    def from_keywords(cls, keywords: dict[str, Any]) -> MapOptions:
+        """The options among ``keywords`` (an entry point's ``locals()``): each entry point
+        lists its keywords in its signature, for users and their editors, and hands them
+        all over in one call, so a new option is not copied into each of them.
+
+        Examples
+        --------
+        >>> MapOptions.from_keywords({"func": abs, "retries": 2, "chunksize": None}).retries
+        2
+        """
+        return cls(**{name: keywords[name] for name in _FIELD_NAMES if name in keywords})
+
     @property
     def returns_failures(self) -> bool:
         """Whether failed items fill their slot with a :class:`Failure` (not raise)."""
         return self.on_error == "return"
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(MapOptions))
 
 
 def _is_int(value: Any) -> bool:
