@@ -261,6 +261,14 @@ class ClusterSuite:
         assert cluster_setup.active_connection() is None and not connection.connected
         connection.disconnect()  # twice is harmless
 
+    def test_maps_without_a_connection_run_locally_before_and_after_one(self, engine, cluster):
+        # Ray and Spark allow one session per process: connecting ends the backend's local
+        # instance, and the next map without a connection must start it again.
+        assert um.parallel(abs, [-1, -2], backend=engine.name) == [1, 2]
+        with engine.setup.connect_to_scheduler(cluster.address, timeout=30):
+            assert um.parallel(abs, [-3]) == [3]
+        assert um.parallel(abs, [-4, -5], backend=engine.name) == [4, 5]
+
     def test_connecting_again_replaces_the_active_connection(self, engine, cluster):
         first = engine.setup.connect_to_scheduler(cluster.address)
         second = engine.setup.connect_to_scheduler(cluster.address)

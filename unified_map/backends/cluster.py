@@ -50,6 +50,9 @@ class ClusterBackend(Backend):
     #: A map waiting on a cluster that has had no worker (no slot) for this long fails with
     #: WorkerLostError rather than waiting for ever, as the engines themselves would.
     no_workers_seconds: float = 120.0
+    #: The engine allows one session per process (Ray, Spark): connecting to a cluster ends
+    #: the private local one, which the next map without a connection then starts again.
+    one_session_per_process = False
 
     def __init__(self, n_workers: int | None = None, *, connection: Any = None):
         self._connection = connection
@@ -73,9 +76,16 @@ class ClusterBackend(Backend):
 
     @property
     def connection(self):
-        """The connection chunks go to; the private local cluster is started on first use."""
+        """The connection chunks go to; the private local cluster is started on first use
+        (and again after a connection to a cluster ended it, see
+        :attr:`one_session_per_process`)."""
         if self._connection is not None:
             return self._connection
+        private = self._private
+        if self.one_session_per_process and private is not None and not private.connected:
+            with self._private_lock:
+                if self._private is private:
+                    self._private = None
         with self._private_lock:
             if self._private is None:
                 self._private = self.setup.start_local_cluster(self._local_workers)

@@ -345,17 +345,7 @@ class RayBackend(ClusterBackend):
     #: per chunk (Ray overlaps their copies) than three per 32 MB chunk.
     max_chunk_bytes = 4 * 2**20
     worker_lost_errors = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
-
-    @property
-    def connection(self):
-        """As :attr:`ClusterBackend.connection`; a local instance that a connection to a
-        cluster ended meanwhile is started again."""
-        private = self._private
-        if self._connection is None and private is not None and not private.connected:
-            with self._private_lock:
-                if self._private is private:
-                    self._private = None
-        return super().connection
+    one_session_per_process = True
 
     def _submit(self, connection, fn, *args):
         raise NotImplementedError("the ray backend takes chunks through submit_split")

@@ -256,17 +256,7 @@ class SparkBackend(ClusterBackend):
     #: on 2 workers: 1.15 s instead of 1.6 s, where the tail of one-item chunks cost a job).
     chunks_per_worker = 2
     guided_chunks = False
-
-    @property
-    def connection(self):
-        """The connection chunks go to; a private session that gave way to a connection to
-        a master is started again."""
-        private = self._private
-        if self._connection is None and private is not None and not private.connected:
-            with self._private_lock:
-                if self._private is private:
-                    self._private = None
-        return super().connection
+    one_session_per_process = True
 
     def _submit(self, connection, fn, *args):
         return _runner(self, connection).submit(fn, args)
