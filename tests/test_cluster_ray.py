@@ -202,46 +202,38 @@ def test_many_early_stopped_maps_leave_the_driver_alive():
     assert um.parallel(abs, [-4], backend="ray") == [4]
 
 
-def test_chunks_are_tasks_not_one_task_per_item(monkeypatch):
+@pytest.fixture
+def submitted(monkeypatch) -> list:
+    """The arguments of every Ray task the ray backend submits, as they were sent."""
     from unified_map.backends import ray as ray_backend
 
-    submitted = []
+    sent = []
     original = ray_backend._task
 
     def spy():
         task = original()
 
-        class Counting:
+        class Recording:
             def remote(self, *args):
-                submitted.append(args)
+                sent.append(args)
                 return task.remote(*args)
 
-        return Counting()
+        return Recording()
 
     monkeypatch.setattr(ray_backend, "_task", spy)
+    return sent
+
+
+def test_chunks_are_tasks_not_one_task_per_item(submitted):
     assert um.parallel(abs, range(-500, 500), backend="ray") == [abs(x) for x in range(-500, 500)]
     assert 1 <= len(submitted) <= 32
     for func, header, *buffers in submitted:
         assert isinstance(func, bytes) and isinstance(header, bytes) and buffers == []
 
 
-def test_a_big_func_goes_to_the_object_store_once_and_items_out_of_band(monkeypatch):
+def test_a_big_func_goes_to_the_object_store_once_and_items_out_of_band(submitted):
     from unified_map.backends import ray as ray_backend
 
-    submitted = []
-    original = ray_backend._task
-
-    def spy():
-        task = original()
-
-        class Counting:
-            def remote(self, *args):
-                submitted.append(args)
-                return task.remote(*args)
-
-        return Counting()
-
-    monkeypatch.setattr(ray_backend, "_task", spy)
     table = numpy.arange(1_000_000)  # 8 MB that func closes over
 
     def lookup(array):
