@@ -90,9 +90,15 @@ class DaskConnection(ClusterConnection):
 
     backend_name = "dask"
 
-    def __init__(self, setup: ClusterSetup, address: str, client: Any):
+    def __init__(self, setup: ClusterSetup, address: str, client: Any, adopted: bool = False):
         super().__init__(setup, address)
         self.client = client
+        self.adopted = adopted
+
+    @property
+    def session_ended(self) -> bool:
+        """Whether the script closed its own default Client (see ``adopted``)."""
+        return self.client.status in ("closing", "closed", "failed")
 
     @property
     def reachable(self) -> bool:
@@ -131,6 +137,8 @@ class DaskConnection(ClusterConnection):
         return self.slots()
 
     def _close(self) -> None:
+        if self.adopted:
+            return  # the script's own Client: it closes it
         # A client whose scheduler is gone waits out its timeout to close, and would try
         # again (and complain) when collected: close it once, briefly, and for good.
         if self.reachable:
@@ -411,6 +419,20 @@ class DaskSetup(ClusterSetup):
                 f"{', '.join(addresses)}; serving until Ctrl-C or SIGTERM",
             )
         return addresses
+
+    def session_in_this_process(self) -> DaskConnection | None:
+        """dask's default Client, when the script made one (``Client(...)`` makes itself
+        the default unless told otherwise; the clients made here never do)."""
+        distributed = sys.modules.get("distributed")
+        if distributed is None:
+            return None
+        try:
+            client = distributed.default_client()
+        except ValueError:  # none
+            return None
+        if client.status != "running":
+            return None
+        return DaskConnection(self, client.scheduler.address, client, adopted=True)
 
     def connect_to_scheduler(self, address: str, timeout: float = 10) -> DaskConnection:
         """Connect to the scheduler at ``address`` and make it the active connection.

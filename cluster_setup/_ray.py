@@ -311,10 +311,19 @@ class RayConnection(ClusterConnection):
 
     backend_name = "ray"
 
-    def __init__(self, setup, address: str, *, client: bool = False, local: bool = False):
+    def __init__(
+        self,
+        setup,
+        address: str,
+        *,
+        client: bool = False,
+        local: bool = False,
+        adopted: bool = False,
+    ):
         super().__init__(setup, address)
         self.client = client
         self.local = local
+        self.adopted = adopted
         self._live = True
         self._init_options: dict[str, Any] = {}  # what ray.init was given
         self._py_folders: list[str] = []  # py_files, as Ray's py_modules take them
@@ -337,6 +346,11 @@ class RayConnection(ClusterConnection):
             answer = True
         self._checked = (time.monotonic(), answer)
         return answer
+
+    @property
+    def session_ended(self) -> bool:
+        """Whether the script ended its own session (``ray.shutdown()``; see ``adopted``)."""
+        return not (self._live and _current is self and import_ray().is_initialized())
 
     def answered_recently(self, max_age: float = 0.5) -> bool:
         """:attr:`reachable`, asked at most every ``max_age`` seconds: a map asks before
@@ -369,6 +383,8 @@ class RayConnection(ClusterConnection):
             if _current is not self:
                 return
             _current = None
+            if self.adopted:
+                return  # the script's own session: it shuts it down
             ray = import_ray()
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -407,9 +423,22 @@ def _init(options: dict[str, Any], timeout: float) -> None:
 
 def _end_previous_session(replacing: str) -> None:
     """End this process's live Ray session so that another can start, unless a map still
-    runs on it (called with ``_ray_lock`` held)."""
+    runs on it or the script started it itself (called with ``_ray_lock`` held)."""
+    global _current
     previous = _current
-    if previous is None:
+    ray = sys.modules.get("ray")
+    own_session = ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+    if previous is not None and previous.adopted and not own_session:
+        previous._live, _current = False, None  # the script shut its session down meanwhile
+        previous = None
+    if previous is None or previous.adopted:
+        if own_session:
+            raise SchedulerUnreachableError(
+                f"cannot connect to the Ray head at {replacing}: this script started a Ray "
+                f"session of its own (ray.init) and Ray allows one session per process; "
+                f"call ray.shutdown() first, or map on that session (backend='ray' without "
+                f"connect_to_scheduler)"
+            )
         return
     if previous._users:
         raise SchedulerUnreachableError(
@@ -854,6 +883,23 @@ class RaySetup(ClusterSetup):
             except Exception as exc:  # noqa: BLE001 - unknown, not a failed connection
                 found[key] = {"error": f"{type(exc).__name__}: {exc}"}
         return found
+
+    def session_in_this_process(self) -> RayConnection | None:
+        """The Ray session the script started itself with ``ray.init()``, if any."""
+        global _current
+        ray = sys.modules.get("ray")
+        if ray is None or not hasattr(ray, "is_initialized"):
+            return None
+        with _ray_lock:
+            if _current is not None or not ray.is_initialized():
+                return None  # one of ours, or none
+            try:
+                address = ray.get_runtime_context().gcs_address
+            except Exception:  # noqa: BLE001 - a Ray Client session has no GCS address here
+                return None
+            connection = RayConnection(self, address, adopted=True)
+            _current = connection
+            return connection
 
     def _start_local_cluster(self, n_workers: int) -> RayConnection:
         """Ray's own local mode: :func:`ray.init` with ``n_workers`` CPUs, every socket on

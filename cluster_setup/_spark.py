@@ -362,6 +362,13 @@ class _Driver:
 
     def _start_context(self, master: str, conf: dict[str, str]):
         pyspark = import_pyspark()
+        own = pyspark.SparkContext._active_spark_context
+        if own is not None:
+            raise ClusterStartError(
+                f"cannot start a SparkContext on {master}: this script has one of its own "
+                f"(master {own.master}) and pyspark allows one per process; stop it first "
+                f"(spark.stop()), or map on it (backend='spark' without connect_to_scheduler)"
+            )
         check_java()
         # Workers run this very interpreter (pyspark reads it from the environment only).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -497,13 +504,23 @@ class SparkConnection(ClusterConnection):
         context: Any,
         webui_url: str | None = None,
         evictable: bool = False,
+        adopted: bool = False,
     ):
         super().__init__(setup, address)
         self.context = context
         self.webui_url = webui_url
         #: A private local session that gives way when another master is needed.
         self.evictable = evictable
+        self.adopted = adopted
         self._checked = (-1.0, True)
+
+    @property
+    def session_ended(self) -> bool:
+        """Whether the script stopped its own SparkContext (see ``adopted``)."""
+        try:
+            return self.context._jsc is None or self.context._jsc.sc().isStopped()
+        except Exception:  # noqa: BLE001 - its gateway is gone
+            return True
 
     @property
     def local(self) -> bool:
@@ -551,7 +568,8 @@ class SparkConnection(ClusterConnection):
         return self.context.defaultParallelism
 
     def _close(self) -> None:
-        _driver.release(self)
+        if not self.adopted:  # the script's own SparkContext: it stops it
+            _driver.release(self)
 
 
 class SparkSetup(ClusterSetup):
@@ -883,6 +901,16 @@ class SparkSetup(ClusterSetup):
         return _driver.acquire(
             url, conf, timeout, lambda context: SparkConnection(self, url, context, ui_url)
         )
+
+    def session_in_this_process(self) -> SparkConnection | None:
+        """The SparkContext the script started itself (a SparkSession's), if any."""
+        pyspark = sys.modules.get("pyspark")
+        if pyspark is None or not hasattr(pyspark, "SparkContext"):
+            return None
+        context = pyspark.SparkContext._active_spark_context
+        if context is None or context is _driver.context:
+            return None
+        return SparkConnection(self, context.master, context, adopted=True)
 
     def _start_local_cluster(self, n_workers: int) -> SparkConnection:
         """A ``local[n]`` session: one JVM, ``n_workers`` task threads, each running a

@@ -596,6 +596,25 @@ class ClusterSetup:
         self._forget(record)
         stop_processes([record])
 
+    def session_in_this_process(self) -> ClusterConnection | None:
+        """A connection to the session of this engine that the process started itself,
+        outside cluster_setup, or None.
+
+        A script that called ``ray.init()``, built a SparkSession or made a dask ``Client``
+        (the default one) expects ``parallel(..., backend=engine)`` to run there, not to
+        start a second cluster (Ray and pyspark allow one session per process and would
+        refuse it). The returned connection is :attr:`~ClusterConnection.adopted`:
+        disconnecting it leaves the session running. Only the engine's module already
+        imported by the script is looked at: nothing is imported here.
+
+        Examples
+        --------
+        >>> import cluster_setup
+        >>> cluster_setup.dask.session_in_this_process() is None  # no default Client here
+        True
+        """
+        return None
+
     def start_local_cluster(self, n_workers: int) -> ClusterConnection:
         """Start a private cluster on 127.0.0.1 and return a connection to it.
 

@@ -101,6 +101,10 @@ class ClusterConnection:
     backend_name: str = ""
     #: Seconds :meth:`slots` reuses the count it last asked the scheduler for.
     slots_max_age: float = 1.0
+    #: A session the process started itself, outside cluster_setup (``ray.init()``, a
+    #: SparkSession, dask's default Client), that a backend maps on: closing this connection
+    #: leaves it running (see :meth:`ClusterSetup.session_in_this_process`).
+    adopted: bool = False
 
     def __init__(self, setup: ClusterSetup | None, address: str):
         self.setup = setup
@@ -117,6 +121,12 @@ class ClusterConnection:
     def connected(self) -> bool:
         """True until :meth:`disconnect` (or a new connection replacing this one)."""
         return self._open
+
+    @property
+    def session_ended(self) -> bool:
+        """For an :attr:`adopted` session: whether its owner ended it (``ray.shutdown()``,
+        ``spark.stop()``, ``client.close()``). Cheap: asked before every map."""
+        return False
 
     @property
     def active(self) -> bool:

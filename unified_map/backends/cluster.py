@@ -82,28 +82,55 @@ class ClusterBackend(Backend):
         if self._connection is not None:
             return self._connection
         private = self._private
-        if self.one_session_per_process and private is not None and not private.connected:
+        if private is not None and (
+            (self.one_session_per_process and not private.connected)
+            or (private.adopted and private.session_ended)
+        ):
             with self._private_lock:
                 if self._private is private:
                     self._private = None
         with self._private_lock:
             if self._private is None:
-                self._private = self.setup.start_local_cluster(self._local_workers)
-                logger.info(
-                    "no %s connection is active: started a local %s cluster at %s with %d "
-                    "workers; it is reused by later maps and stopped at exit",
-                    self.engine,
-                    self.engine,
-                    self._private.address,
-                    self._local_workers,
-                )
+                self._private = self._session_to_use()
             return self._private
+
+    def _session_to_use(self):
+        """The engine session this process started itself (``ray.init()``, a SparkSession,
+        dask's default Client), used and never stopped; with none, a private local cluster.
+        Called with ``_private_lock`` held."""
+        adopted = self.setup.session_in_this_process()
+        if adopted is not None:
+            logger.info(
+                "no %s connection is active: mapping on the %s session this process started "
+                "itself, at %s (it is left running)",
+                self.engine,
+                self.engine,
+                adopted.address,
+            )
+            # a session set up by the script may run its workers on another Python (Spark's
+            # PYSPARK_PYTHON, say): say so now rather than with an unpickling error
+            with contextlib.suppress(Exception):
+                self.setup._warn_about_mismatches(adopted)
+            return adopted
+        private = self.setup.start_local_cluster(self._local_workers)
+        logger.info(
+            "no %s connection is active: started a local %s cluster at %s with %d "
+            "workers; it is reused by later maps and stopped at exit",
+            self.engine,
+            self.engine,
+            private.address,
+            self._local_workers,
+        )
+        return private
 
     @property
     def n_workers(self) -> int:
         """The connected cluster's worker slots, or the private local cluster's size."""
         if self._connection is not None:
             return max(1, self._connection.slots())
+        private = self._private
+        if private is not None and private.adopted:  # the user's session: its own size
+            return max(1, private.slots())
         return self._local_workers
 
     @n_workers.setter
