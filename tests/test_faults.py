@@ -5,6 +5,8 @@ Process backends only: these faults cannot happen to in-process backends.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 import unified_map as um
@@ -299,3 +302,48 @@ def test_an_uncaught_error_prints_the_item_and_the_workers_traceback():
     assert "unified_map: func failed on item 2 of the input: 0" in err, err
     assert "ZeroDivisionError: division by zero" in err
     assert "in invert" in err  # the worker's traceback, shown above the caller's
+
+
+# A driver with warm pools of every local process backend and a Spark session, in the order
+# that used to leave orphans: the fork pools inherit the Spark gateway's stdin pipe and each
+# other's task queues, so no pipe closed when the driver was killed outright.
+KILLED_DRIVER = """
+import json, os, psutil, time
+import unified_map as um
+os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+assert um.parallel(abs, [-1, -2], backend="spark") == [1, 2]
+for name in ("multiprocessing", "futures", "joblib"):
+    assert um.parallel(abs, range(-50, 0), backend=name, chunksize=5) == list(range(50, 0, -1))
+print(json.dumps([p.pid for p in psutil.Process().children(recursive=True)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_driver_leaves_no_worker_or_jvm_behind():
+    """SIGKILL (the OOM killer, a job's walltime): no exit handler runs, yet every pool
+    worker and the Spark JVM must go by themselves."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", KILLED_DRIVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    pids: list[int] = []
+    try:
+        line = driver.stdout.readline()
+        assert line, driver.stderr.read().decode()[-3000:]
+        pids = json.loads(line)
+        assert len(pids) >= 7, pids  # 2 + 2 + 2 pool workers, a JVM (and their helpers)
+        driver.kill()
+        driver.wait(30)
+        deadline = time.monotonic() + 60  # a correctness bound, not a speed target
+        while [pid for pid in pids if is_alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: psutil.Process(pid).cmdline()[:3] for pid in pids if is_alive(pid)}
+        assert not left, f"outlived the killed driver: {left}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stdout.close()
+        driver.stderr.close()
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from unified_map.backends.base import Backend
 from unified_map.backends.multiprocessing import (
+    exit_with_parent,
     kill_process,
     process_context,
     terminate_processes,
@@ -31,7 +33,7 @@ class FuturesBackend(Backend):
 
     def __init__(self, n_workers: int | None = None):
         super().__init__(n_workers)
-        self._executor = ProcessPoolExecutor(self.n_workers, mp_context=process_context())
+        self._executor = _new_executor(self.n_workers)
 
     def submit(self, fn, /, *args, **kwargs):
         return self._executor.submit(fn, *args)
@@ -44,7 +46,7 @@ class FuturesBackend(Backend):
         worker = (getattr(old, "_processes", None) or {}).get(worker_pid)
         if worker is None:
             return False
-        self._executor = ProcessPoolExecutor(self.n_workers, mp_context=process_context())
+        self._executor = _new_executor(self.n_workers)
         kill_process(worker)
         old.shutdown(wait=False, cancel_futures=True)  # it stops its other workers itself
         return True
@@ -56,3 +58,13 @@ class FuturesBackend(Backend):
         processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
         terminate_processes(processes)
+
+
+def _new_executor(n_workers: int) -> ProcessPoolExecutor:
+    # workers end by themselves when this process is killed (see exit_with_parent)
+    return ProcessPoolExecutor(
+        n_workers,
+        mp_context=process_context(),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )

@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from joblib.executor import get_memmapping_executor
 
 from unified_map.backends.base import Backend
+from unified_map.backends.multiprocessing import call_exiting_with_parent
 
 # joblib keeps idle loky workers this long too: long enough for a script's loop of maps.
 IDLE_WORKER_TIMEOUT_SECONDS = 300
@@ -66,7 +67,8 @@ class JoblibBackend(Backend):
             # shut down under this map by another thread's Ctrl-C or joblib: take the new one
             # (a broken one must fail this map: its futures report the lost worker)
             executor = self._executor = self._current_executor()
-        return executor.submit(fn, *args)
+        # its workers end by themselves when this process is killed (exit_with_parent)
+        return executor.submit(call_exiting_with_parent, os.getpid(), fn, *args)
 
     def stop_task(self, future, worker_pid) -> bool:
         """Kill the worker running the task. loky marks its executor broken when a worker

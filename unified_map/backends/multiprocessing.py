@@ -30,6 +30,44 @@ def process_context():
     return multiprocessing.get_context()
 
 
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Pool initializer: end this worker process soon after ``parent_pid`` is gone.
+
+    A pool's workers normally leave when the pipe of their task queue closes. But every
+    process forked later from the same parent (the workers of another pool, a Spark gateway)
+    inherits that pipe's write end, so when the parent is killed outright (SIGKILL, the OOM
+    killer, a walltime) the pipe never closes and the workers would wait for work for ever,
+    holding whatever they inherited in turn. A thread that notices the new parent pid ends
+    them instead. (``prctl(PR_SET_PDEATHSIG)`` would fire when the *thread* that forked a
+    worker ends, which in a multi-threaded script is not when the parent dies.)
+
+    Examples
+    --------
+    >>> exit_with_parent(os.getppid())  # this process's parent is alive: nothing happens
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="unified_map-exit-with-parent", daemon=True).start()
+
+
+_watched_parent: int | None = None
+
+
+def call_exiting_with_parent(parent_pid: int, fn, *args):
+    """``fn(*args)``, first making this worker :func:`exit_with_parent` if ``parent_pid``
+    started it: for executors whose initializer is not ours to set (joblib's, which
+    ``joblib.Parallel`` shares and would replace if it changed)."""
+    global _watched_parent
+    if _watched_parent is None and os.getppid() == parent_pid:
+        _watched_parent = parent_pid
+        exit_with_parent(parent_pid)
+    return fn(*args)
+
+
 def terminate_processes(processes, grace_seconds: float = 2.0) -> None:
     """Terminate worker processes and reap them, killing any that ignore SIGTERM."""
     for process in processes:
@@ -188,7 +226,9 @@ class MultiprocessingBackend(PoolBackend):
         super().__init__(n_workers)
 
     def _make_pool(self):
-        pool = process_context().Pool(self.n_workers)
+        pool = process_context().Pool(
+            self.n_workers, initializer=exit_with_parent, initargs=(os.getpid(),)
+        )
         # The pool's own list of Process objects (private, but the only way to see a worker
         # die); watched while tasks of ours are outstanding.
         self._watched = set(pool._pool)
