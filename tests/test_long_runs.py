@@ -277,15 +277,20 @@ print(um.parallel(work, range(N), backend=backend, chunksize=2,
 """
 
 
-@pytest.mark.parametrize("name", ["serial", "multiprocessing"])
+# Each backend as a killed job would run it: a local pool, or a private local cluster that
+# the driver started and that must die with it.
+@pytest.mark.parametrize(
+    "name", ["serial", "multiprocessing", "futures", "joblib", "dask", "spark", "ray"]
+)
 def test_driver_killed_mid_map_resumes_from_its_checkpoint(name, tmp_path):
     n = 300
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(KILLED_DRIVER).replace("N", str(n)))
     run = [sys.executable, str(script), str(tmp_path), name]
     db = tmp_path / "run.db"
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}  # ~/.ray left alone
 
-    driver = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and _stored(db) < 40:
@@ -308,7 +313,7 @@ def test_driver_killed_mid_map_resumes_from_its_checkpoint(name, tmp_path):
     assert stored <= len(first_calls)
 
     (tmp_path / "calls").unlink()
-    rerun = subprocess.run(run, capture_output=True, text=True, timeout=180)
+    rerun = subprocess.run(run, capture_output=True, text=True, timeout=180, env=env)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.strip() == str([x * x for x in range(n)])
     rerun_calls = sorted(map(int, (tmp_path / "calls").read_text().split()))
