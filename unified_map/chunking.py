@@ -16,9 +16,11 @@ import collections
 import functools
 import itertools
 import math
+import sys
 import threading
 import types
 from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 #: Aim for chunks that compute this long: long enough to hide a round-trip to a worker
 #: (0.1-2 ms locally, a few ms on a cluster), short enough to balance load and stream results.
@@ -36,6 +38,8 @@ MAX_UNSIZED_CHUNK = 10_000
 #: Nor more than this many bytes of pickled payload per chunk, when payload size is known
 #: (the default; each backend sets its own, see ``Backend.max_chunk_bytes``).
 MAX_CHUNK_BYTES = 32 * 2**20
+#: A first item this big (by :func:`sys.getsizeof`) caps the first chunk's size by itself.
+FIRST_ITEM_BYTES = 64 * 2**10
 #: Pickled payload of the chunks submitted and not yet finished, at most (but always at least
 #: one chunk): on a cluster of a thousand slots, chunks in flight would otherwise hold the
 #: caller's memory many gigabytes deep.
@@ -187,6 +191,7 @@ class ChunkSizer:
         self._seconds = 0.0 if remembered is None else remembered
         self._items_weighed = 0
         self._bytes = 0
+        self._first_item_bytes = 0  # an estimate, until a pickled chunk has been weighed
 
     @property
     def knows_sizes(self) -> bool:
@@ -202,6 +207,9 @@ class ChunkSizer:
         cap = self.cap
         if self._bytes:
             cap = min(cap, max(1, int(self.max_bytes * self._items_weighed / self._bytes)))
+        elif self._first_item_bytes:
+            # a remembered cost sizes the first chunk before any chunk was weighed
+            cap = min(cap, max(1, self.max_bytes // self._first_item_bytes))
         seconds_per_item = self._seconds / self._items_timed
         if seconds_per_item <= 0:
             return cap
@@ -217,6 +225,23 @@ class ChunkSizer:
         self._items_timed += n_items
         self._seconds += seconds
         _remember(self.key, self._seconds / self._items_timed)
+
+    def weigh_first_item(self, item: Any) -> None:
+        """Estimate the payload of each item from the first one, when it is big and flat
+        (bytes, a numpy array: :func:`sys.getsizeof` counts their data), so that the first
+        chunk keeps to ``max_bytes`` even when a remembered cost sizes it.
+
+        Examples
+        --------
+        >>> sizer = ChunkSizer(None, n_items=40, n_workers=2, max_bytes=4 * 2**20)
+        >>> sizer.observe(1, 1e-3)
+        >>> sizer.weigh_first_item(bytes(3 * 2**19))  # 1.5 MiB items: two fit in 4 MiB
+        >>> sizer.next_size()
+        2
+        """
+        size = sys.getsizeof(item, 0)
+        if size >= FIRST_ITEM_BYTES:  # small or nested items are weighed with the first chunk
+            self._first_item_bytes = size
 
     def observe_bytes(self, n_items: int, n_bytes: int) -> None:
         """Record the pickled size of a chunk of ``n_items`` (process and cluster backends)."""
@@ -238,8 +263,15 @@ def iter_chunks(items: Iterator | list | tuple, sizer: ChunkSizer) -> Iterator[t
     [(0, [1, 2]), (2, [3])]
     """
     if type(items) in (list, tuple):  # not subclasses: their slicing may differ
+        if items:
+            sizer.weigh_first_item(items[0])
         yield from _slice_chunks(items, sizer)
         return
+    first = list(itertools.islice(items, 1))
+    if not first:
+        return
+    sizer.weigh_first_item(first[0])
+    items = itertools.chain(first, items)
     start = 0
     while True:
         chunk = list(itertools.islice(items, sizer.next_size()))
