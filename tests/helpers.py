@@ -104,7 +104,10 @@ class BlockingScript:
         descendants = process_tree_pids([self.process.pid]) - {self.process.pid}
         assert descendants, "the blocking call started no process?"
         self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=60)
+        # stdout (a few lines) is read after the exit; stderr only by the reader thread:
+        # communicate() would take a share of its last lines away from self.lines.
+        self.process.wait(timeout=60)
+        out = self.process.stdout.read()
         self._reader.join(5)
         assert self.process.returncode == 0, "".join(self.lines)
         assert "returned" in out  # the call returned; the script went on and ended normally
