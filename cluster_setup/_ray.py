@@ -399,6 +399,22 @@ class RayConnection(ClusterConnection):
     _daemons: list[str] = []
 
 
+#: Tries of a Ray Client connection whose server process died as it started (see below).
+CLIENT_SERVER_ATTEMPTS = 3
+
+
+def _client_server_died(address: str, outcome: Any) -> bool:
+    """Whether a ``ray://`` connection failed because the head's client proxy could not start
+    the session's server process. The proxy forks it from a process full of gRPC threads, and
+    the child sometimes aborts in gRPC before it runs (ray-project/ray#63202, about one
+    connection in ten to thirty here under load): a new connection starts a new one."""
+    return (
+        address.startswith("ray://")
+        and isinstance(outcome, ConnectionError)
+        and "Initialization failure from server" in str(outcome)
+    )
+
+
 def _init(options: dict[str, Any], timeout: float) -> None:
     """``ray.init(**options)`` for a connection, given up on after ``timeout`` (at least
     30 s): a ConnectionError naming the address (called with ``_ray_lock`` held)."""
@@ -406,9 +422,14 @@ def _init(options: dict[str, Any], timeout: float) -> None:
     shown = options["address"]
     env_address = os.environ.pop("RAY_ADDRESS", None)
     try:
-        finished, outcome = _in_thread(
-            lambda: ray.init(**options), max(timeout, 30), f"cluster_setup ray.init {shown}"
-        )
+        for attempt in range(1, CLIENT_SERVER_ATTEMPTS + 1):
+            finished, outcome = _in_thread(
+                lambda: ray.init(**options), max(timeout, 30), f"cluster_setup ray.init {shown}"
+            )
+            if not (_client_server_died(shown, outcome) and attempt < CLIENT_SERVER_ATTEMPTS):
+                break
+            with contextlib.suppress(Exception):
+                ray.shutdown()
     finally:
         if env_address is not None:
             os.environ["RAY_ADDRESS"] = env_address
