@@ -124,7 +124,9 @@ def test_ray_client_address_runs_maps_from_off_the_cluster(ray_cluster):
     (head,) = [p for p in ray_cluster.processes if p.role == "scheduler"]
     (flag,) = [arg for arg in head.command if arg.startswith("--ray-client-server-port=")]
     address = f"ray://127.0.0.1:{flag.split('=')[1]}"
-    with cluster_setup.ray.connect_to_scheduler(address, timeout=60) as connection:
+    # A generous limit: a try whose server process died (ray-project/ray#63202) can take
+    # Ray's client a minute to report, and connect_to_scheduler then tries again.
+    with cluster_setup.ray.connect_to_scheduler(address, timeout=150) as connection:
         assert cluster_setup.active_connection() is connection
         assert um.parallel(abs, range(-20, 0), chunksize=3) == list(range(20, 0, -1))
         with pytest.raises(ZeroDivisionError):
