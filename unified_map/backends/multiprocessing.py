@@ -43,7 +43,9 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
 
     Examples
     --------
-    >>> exit_with_parent(os.getppid())  # this process's parent is alive: nothing happens
+    >>> with process_context().Pool(1, exit_with_parent, (os.getpid(),)) as pool:
+    ...     pool.apply(abs, (-1,))  # a worker that would go if this process were killed
+    1
     """
 
     def watch() -> None:
