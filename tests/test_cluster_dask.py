@@ -165,6 +165,28 @@ def test_big_chunks_are_scattered_to_a_worker_not_sent_in_the_graph(dask_connect
     assert not [w for w in recwarn if "large graph" in str(w.message)]
 
 
+def test_a_scatter_cut_off_by_a_dying_worker_sends_the_chunk_in_its_task(dask_connection):
+    # What a worker killed mid-scatter does to the scheduler's scatter call (seen in CI):
+    # its comm closes while the scheduler still answers. The map must not take that for a
+    # lost scheduler.
+    from distributed.comm.core import CommClosedError
+
+    client = dask_connection.client
+    cut_off = []
+
+    def scatter_to_a_dying_worker(data, **kwargs):
+        cut_off.append(len(data))
+        raise CommClosedError("in <TCP ConnectionPool.scatter>: Stream is closed")
+
+    client.scatter = scatter_to_a_dying_worker  # an instance attribute, removed below
+    try:
+        payloads = [bytes([i]) * (2 * SCATTER_BYTES // 3) for i in range(4)]
+        assert um.parallel(len, payloads, chunksize=2) == [2 * SCATTER_BYTES // 3] * 4
+    finally:
+        del client.scatter
+    assert len(cut_off) == 2  # both big chunks tried to scatter, and were sent anyway
+
+
 def test_worker_killed_holding_scattered_chunks_loses_no_result(
     dask_cluster, dask_connection, monkeypatch
 ):

@@ -142,7 +142,15 @@ class DaskBackend(ClusterBackend):
         client = connection.client
         if len(args) == 1 and isinstance(args[0], bytes) and len(args[0]) >= SCATTER_BYTES:
             (blob,) = args
-            data = connection.call(client.scatter, blob, hash=False)
+            try:
+                data = connection.call(client.scatter, blob, hash=False)
+            except cluster_setup.SchedulerUnreachableError:
+                if not connection.reachable:
+                    raise
+                # The scheduler answers: it was the worker chosen to hold the data that went
+                # away mid-scatter (its comm closed). The chunk travels inside its task.
+                remote = connection.call(client.submit, fn, blob, pure=False)
+                return DaskFuture(self, connection, remote)
             remote = connection.call(client.submit, fn, data, pure=False)
             # called on the client's event loop, where client.scatter would block it
             return DaskFuture(self, connection, remote, lambda: client.submit(fn, blob, pure=False))
