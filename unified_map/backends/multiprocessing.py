@@ -93,6 +93,20 @@ def kill_process(process, wait_seconds: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+#: How long a pool's workers get to end on SIGTERM before they are killed.
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+def _kill_children(workers) -> None:
+    """SIGKILL the workers that are still children of this process (not reaped yet)."""
+    import psutil
+
+    for worker in workers:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if psutil.Process(worker.pid).ppid() == os.getpid():
+                os.kill(worker.pid, signal.SIGKILL)
+
+
 def stop_process_pool(pool, workers) -> None:
     """``pool.terminate()``, unless one of ``workers`` died: then stop the rest by pid.
 
@@ -101,8 +115,17 @@ def stop_process_pool(pool, workers) -> None:
     pool is taken down by stopping its processes directly; its handler threads are daemons.
     """
     if all(worker.exitcode is None for worker in workers):
-        pool.terminate()
-        pool.join()
+        # A worker forked a moment ago can lose the SIGTERM that terminate() sends (it
+        # arrived before the child reset the handler it inherited), and terminate() would
+        # then wait for it for ever: what is still alive after a grace period is killed.
+        watchdog = threading.Timer(TERMINATE_GRACE_SECONDS, _kill_children, ([*workers],))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            pool.terminate()
+            pool.join()
+        finally:
+            watchdog.cancel()
         return
     pool._worker_handler._state = multiprocessing.pool.TERMINATE  # start no replacements
     terminate_processes(list(pool._pool))
